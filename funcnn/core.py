@@ -1,0 +1,261 @@
+"""The layer contract: `Layer`, `Ctx`, `Static`, and lifting pure layers to the wide form.
+
+A layer is an immutable value holding pure functions. There are two forms:
+
+* **pure** (``layer.wide is False``)::
+
+      init(key, input_shape)        -> (params, output_shape)
+      forward(params, x)            -> (y, cache)
+      backward(params, cache, dy)   -> (dx, dparams)
+
+* **wide** (``layer.wide is True``), for layers with randomness or running state::
+
+      init(key, input_shape)        -> (params, state, output_shape)
+      forward(params, x, state, ctx) -> (y, cache, new_state)
+      backward(params, cache, dy)   -> (dx, dparams)
+
+``backward`` has the same signature in both forms: everything it needs (a dropout
+mask, batch statistics, the mode) travels in ``cache``. A pure layer lifted to the
+wide form (:func:`as_wide`) has ``state == ()`` and ignores ``ctx``.
+
+Caches hold arrays only, plus static metadata wrapped in :class:`Static`, so
+``jax.jit(forward)`` can return a cache that ``backward`` consumes later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+PyTree = Any
+Shape = tuple[int, ...]
+# A shape, or a (possibly nested) tuple of shapes for layers with several inputs or outputs.
+ShapeTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Ctx:
+    """Per-call context of wide layers: a PRNG key and the train/eval mode.
+
+    ``key`` is a pytree leaf (a raw ``jax.random.PRNGKey`` array, a typed
+    ``jax.random.key``, or ``None``); ``train`` is static metadata, so switching
+    it recompiles instead of becoming a traced boolean.
+    """
+
+    key: Array | None = None
+    train: bool = False
+
+    def child(self, i: int) -> Ctx:
+        """The context handed to the ``i``-th child of a combinator (key folded with ``i``)."""
+        key = None if self.key is None else jax.random.fold_in(self.key, i)
+        return Ctx(key, self.train)
+
+
+jax.tree_util.register_dataclass(Ctx, data_fields=["key"], meta_fields=["train"])
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """Static (hashable, non-array) metadata carried inside a cache, e.g. an input shape.
+
+    It is a pytree node with no leaves, so it passes through ``jax.jit`` outputs unchanged.
+    """
+
+    value: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """A layer: ``init``, ``forward`` and ``backward`` pure functions plus a name.
+
+    Attributes:
+      init: ``(key, input_shape) -> (params, output_shape)``, or
+        ``(params, state, output_shape)`` when ``wide``.
+      forward: ``(params, x) -> (y, cache)``, or
+        ``(params, x, state, ctx) -> (y, cache, new_state)`` when ``wide``.
+      backward: ``(params, cache, dy) -> (dx, dparams)``; ``dparams`` mirrors ``params``.
+      name: a short name used in error messages and summaries.
+      wide: whether ``init``/``forward`` use the wide (state, ctx) form.
+      children: the child layers of a combinator, for :func:`funcnn.summary`.
+    """
+
+    init: Callable[..., Any]
+    forward: Callable[..., Any]
+    backward: Callable[..., Any]
+    name: str
+    wide: bool = False
+    children: tuple[Layer, ...] = ()
+
+    def __repr__(self) -> str:
+        form = "wide" if self.wide else "pure"
+        inner = f" [{', '.join(c.name for c in self.children)}]" if self.children else ""
+        return f"Layer({self.name!r}, {form}{inner})"
+
+
+def as_wide(layer: Layer) -> Layer:
+    """Lift a pure layer to the wide form: empty state ``()``, ``ctx`` ignored.
+
+    A wide layer is returned unchanged. ``backward`` is shared as it is.
+    """
+    if layer.wide:
+        return layer
+
+    def init(key, input_shape):
+        params, output_shape = layer.init(key, input_shape)
+        return params, (), output_shape
+
+    def forward(params, x, state, ctx):
+        y, cache = layer.forward(params, x)
+        return y, cache, state
+
+    return dataclasses.replace(layer, init=init, forward=forward, wide=True)
+
+
+def init_layer(layer: Layer, key: Array, input_shape: ShapeTree):
+    """Initialize any layer in the wide form: returns ``(params, state, output_shape)``.
+
+    For a pure layer ``state`` is ``()``. Useful for code that handles both forms.
+    """
+    return as_wide(layer).init(key, input_shape)
+
+
+def apply_layer(layer: Layer, params, x, state=(), ctx: Ctx | None = None):
+    """Run any layer's forward in the wide form: returns ``(y, cache, new_state)``."""
+    return as_wide(layer).forward(params, x, state, Ctx() if ctx is None else ctx)
+
+
+def make_combinator(
+    name: str,
+    children: Sequence[Layer],
+    init: Callable[..., Any],
+    forward: Callable[..., Any],
+    backward: Callable[..., Any],
+    empty_state: PyTree = None,
+) -> Layer:
+    """Build a combinator from its wide-form functions, narrowing it when all children are pure.
+
+    ``init`` and ``forward`` are written once, in the wide form, against children that
+    have been lifted with :func:`as_wide` (the caller lifts them). If no child is wide the
+    combinator is exposed in the pure form: its state is a tuple of ``()``, which is
+    supplied here and dropped again, so pure models keep the two-argument forward.
+    ``empty_state`` is that all-``()`` state (default: a tuple with one ``()`` per child).
+    """
+    children = tuple(children)
+    if any(child.wide for child in children):
+        return Layer(init, forward, backward, name=name, wide=True, children=children)
+
+    if empty_state is None:
+        empty_state = tuple(() for _ in children)
+
+    def pure_init(key, input_shape):
+        params, _, output_shape = init(key, input_shape)
+        return params, output_shape
+
+    def pure_forward(params, x):
+        y, cache, _ = forward(params, x, empty_state, Ctx())
+        return y, cache
+
+    return Layer(pure_init, pure_forward, backward, name=name, wide=False, children=children)
+
+
+# --- validation helpers shared by every layer ------------------------------------------
+
+
+def _describe(value) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"array of shape {tuple(shape)} and dtype {getattr(value, 'dtype', '?')}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_array(name: str, what: str, x, *, min_ndim: int = 0, ndim: int | None = None):
+    """Check that ``x`` is an array of the expected rank; return its shape.
+
+    Raises ``TypeError`` for non-arrays and ``ValueError`` for a wrong rank, naming the
+    layer (``name``) and the argument (``what``).
+    """
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name}: {what} must be an array, got {_describe(x)}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(
+            f"{name}: {what} must have {ndim} axes, got shape {tuple(x.shape)} ({x.ndim} axes)"
+        )
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{name}: {what} must have at least {min_ndim} axes, "
+            f"got shape {tuple(x.shape)} ({x.ndim} axes)"
+        )
+    return tuple(x.shape)
+
+
+def check_float(name: str, what: str, x):
+    """Check that ``x`` is a floating-point array (integer inputs get no gradient)."""
+    check_array(name, what, x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name}: {what} must be a floating-point array, got dtype {x.dtype}")
+
+
+def check_params(name: str, params, expected: dict[str, Shape]):
+    """Check that ``params`` is a dict with exactly the expected keys and shapes.
+
+    ``expected`` maps each key to its shape. Raises ``TypeError`` for a wrong structure
+    and ``ValueError`` for a wrong shape, naming the layer, the key and both shapes.
+    """
+    if not isinstance(params, dict) or set(params) != set(expected):
+        got = sorted(params) if isinstance(params, dict) else _describe(params)
+        raise TypeError(
+            f"{name}: params must be a dict with keys {sorted(expected)}, got {got}. "
+            f"Use the params returned by this layer's init."
+        )
+    for key, shape in expected.items():
+        got = tuple(getattr(params[key], "shape", ()))
+        if got != tuple(shape):
+            raise ValueError(
+                f"{name}: params[{key!r}] must have shape {tuple(shape)} for this input, "
+                f"got {got}"
+            )
+
+
+def check_no_params(name: str, params):
+    """Parameter-free layers take ``params == ()``."""
+    if params != ():
+        raise TypeError(f"{name}: this layer has no parameters; params must be (), "
+                        f"got {_describe(params)}")
+
+
+def check_children(name: str, what: str, values, n: int):
+    """Check that a multi-input/-branch value is a tuple/list of length ``n``."""
+    if not isinstance(values, (tuple, list)) or len(values) != n:
+        got = f"{type(values).__name__} of length {len(values)}" if isinstance(
+            values, (tuple, list)) else _describe(values)
+        raise ValueError(f"{name}: expected a tuple of {n} {what}, got {got}")
+
+
+def is_shape(s) -> bool:
+    """Whether ``s`` is a single shape (a tuple of ints) rather than a tuple of shapes."""
+    return isinstance(s, (tuple, list)) and all(isinstance(d, int) for d in s)
+
+
+def check_input_shape(name: str, input_shape, *, min_ndim: int = 1) -> Shape:
+    """Validate an ``init`` input shape (a tuple of ints including the batch axis)."""
+    if not is_shape(input_shape):
+        raise TypeError(f"{name}: input_shape must be a tuple of ints, got {input_shape!r}")
+    if len(input_shape) < min_ndim:
+        raise ValueError(
+            f"{name}: input_shape must have at least {min_ndim} axes "
+            f"(including the batch axis), got {tuple(input_shape)}"
+        )
+    return tuple(int(d) for d in input_shape)
+
+
+def check_positive_int(name: str, what: str, value) -> int:
+    """Validate a hyperparameter that must be a positive int (factories call this at once)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}: {what} must be a positive int, got {value!r}")
+    return value

@@ -1,0 +1,260 @@
+"""Elementwise activations and the softmax family, each with a hand-written backward.
+
+Every activation here has no parameters (``params == ()``) and keeps the smallest cache
+its derivative needs: ReLU keeps a boolean mask, sigmoid and tanh keep their output
+(their derivatives are functions of it), GELU/softplus/SiLU keep the input.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax.numpy as jnp
+from jax.scipy.special import erf
+
+from funcnn.core import Layer, check_float, check_input_shape, check_no_params
+
+
+def _activation(
+    name: str,
+    forward_fn: Callable[[jnp.ndarray], tuple[jnp.ndarray, object]],
+    backward_fn: Callable[[object, jnp.ndarray], jnp.ndarray],
+) -> Layer:
+    """A parameter-free, shape-preserving layer.
+
+    ``forward_fn: x -> (y, cache)`` and ``backward_fn: (cache, dy) -> dx``.
+    """
+
+    def init(key, input_shape):
+        return (), check_input_shape(name, input_shape, min_ndim=0)
+
+    def forward(params, x):
+        check_no_params(name, params)
+        check_float(name, "x", x)
+        return forward_fn(x)
+
+    def backward(params, cache, dy):
+        return backward_fn(cache, dy), ()
+
+    return Layer(init, forward, backward, name=name)
+
+
+def identity() -> Layer:
+    """``y = x``. Backward: ``dx = dy``. Cache: nothing."""
+    return _activation("identity", lambda x: (x, ()), lambda cache, dy: dy)
+
+
+def relu() -> Layer:
+    """Rectified linear unit ``y = max(x, 0)``.
+
+    Backward: ``dx = dy * [x > 0]`` (the derivative at 0 is taken as 0, as PyTorch does).
+
+    Cache: the boolean mask ``x > 0`` (one byte per element instead of the input's four).
+
+    >>> import jax.numpy as jnp, funcnn as fn
+    >>> layer = fn.relu()
+    >>> y, mask = layer.forward((), jnp.array([-1.0, 0.0, 2.0]))
+    >>> layer.backward((), mask, jnp.ones(3))[0]
+    Array([0., 0., 1.], dtype=float32)
+    """
+
+    def forward(x):
+        mask = x > 0
+        return jnp.where(mask, x, 0), mask
+
+    return _activation("relu", forward, lambda mask, dy: jnp.where(mask, dy, 0))
+
+
+def leaky_relu(negative_slope: float = 0.01) -> Layer:
+    """``y = x`` for ``x > 0``, else ``negative_slope * x``.
+
+    Backward: ``dx = dy * (1 if x > 0 else negative_slope)``. Cache: the mask ``x > 0``.
+    """
+
+    def forward(x):
+        mask = x > 0
+        return jnp.where(mask, x, negative_slope * x), mask
+
+    return _activation(
+        "leaky_relu", forward, lambda mask, dy: jnp.where(mask, dy, negative_slope * dy))
+
+
+def elu(alpha: float = 1.0) -> Layer:
+    """Exponential linear unit: ``y = x`` for ``x > 0``, else ``alpha * (exp(x) - 1)``.
+
+    Backward: for ``x <= 0``, ``dy/dx = alpha * exp(x) = y + alpha``, so the output
+    alone suffices (``y > 0`` exactly when ``x > 0`` because ``alpha > 0``)::
+
+        dx = dy * (1 if y > 0 else y + alpha)
+
+    Cache: ``y``.
+    """
+    if not alpha > 0:
+        raise ValueError(f"elu: alpha must be positive, got {alpha!r}")
+    return _scaled_elu("elu", 1.0, alpha)
+
+
+# The fixed point constants of self-normalizing networks (Klambauer et al., 2017).
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+
+
+def selu() -> Layer:
+    """Scaled ELU: ``y = scale * elu(x, alpha)`` with the self-normalizing constants.
+
+    Backward: ``dx = dy * scale`` for ``x > 0``, else ``dy * (y + scale * alpha)``. Cache: ``y``.
+    """
+    return _scaled_elu("selu", _SELU_SCALE, _SELU_ALPHA)
+
+
+def _scaled_elu(name: str, scale: float, alpha: float) -> Layer:
+    def forward(x):
+        positive = x > 0
+        # expm1 of the clipped input: exact near 0 and no overflow on the unused branch.
+        negative = alpha * jnp.expm1(jnp.minimum(x, 0))
+        y = scale * jnp.where(positive, x, negative)
+        return y, y
+
+    def backward(y, dy):
+        return dy * jnp.where(y > 0, scale, y + scale * alpha)
+
+    return _activation(name, forward, backward)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def gelu(approximate: bool = False) -> Layer:
+    """Gaussian error linear unit ``y = x * Phi(x)``.
+
+    With ``approximate=False`` (the default, as PyTorch) ``Phi`` is the exact normal CDF
+    ``0.5 * (1 + erf(x / sqrt 2))`` and the derivative is ``Phi(x) + x * phi(x)`` with
+    ``phi(x) = exp(-x^2 / 2) / sqrt(2 pi)``.
+
+    With ``approximate=True``: ``y = 0.5 x (1 + tanh u)``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``
+    and ``dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)``.
+
+    Cache: ``x``.
+    """
+    if approximate:
+
+        def forward(x):
+            u = _SQRT_2_OVER_PI * (x + 0.044715 * x**3)
+            return 0.5 * x * (1 + jnp.tanh(u)), x
+
+        def backward(x, dy):
+            t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
+            du_dx = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x**2)
+            return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t**2) * du_dx)
+
+    else:
+
+        def forward(x):
+            return 0.5 * x * (1 + erf(x * _INV_SQRT_2)), x
+
+        def backward(x, dy):
+            cdf = 0.5 * (1 + erf(x * _INV_SQRT_2))
+            pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x**2)
+            return dy * (cdf + x * pdf)
+
+    return _activation("gelu", forward, backward)
+
+
+def _sigmoid(x):
+    # Stable on both tails: exp never sees a large positive argument.
+    e = jnp.exp(-jnp.abs(x))
+    return jnp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid() -> Layer:
+    """Logistic function ``y = 1 / (1 + exp(-x))``.
+
+    Backward: ``dx = dy * y * (1 - y)``. Cache: ``y``.
+    """
+
+    def forward(x):
+        y = _sigmoid(x)
+        return y, y
+
+    return _activation("sigmoid", forward, lambda y, dy: dy * y * (1 - y))
+
+
+def tanh() -> Layer:
+    """Hyperbolic tangent. Backward: ``dx = dy * (1 - y^2)``. Cache: ``y``."""
+
+    def forward(x):
+        y = jnp.tanh(x)
+        return y, y
+
+    return _activation("tanh", forward, lambda y, dy: dy * (1 - y * y))
+
+
+def softplus() -> Layer:
+    """``y = log(1 + exp(x))``, computed stably as ``logaddexp(x, 0)``.
+
+    Backward: ``dx = dy * sigmoid(x)``. Cache: ``x``.
+    """
+    return _activation(
+        "softplus", lambda x: (jnp.logaddexp(x, 0.0), x), lambda x, dy: dy * _sigmoid(x))
+
+
+def silu() -> Layer:
+    """Sigmoid linear unit (swish) ``y = x * sigmoid(x)``.
+
+    Backward: ``dx = dy * s * (1 + x * (1 - s))`` with ``s = sigmoid(x)``. Cache: ``x``.
+    """
+
+    def backward(x, dy):
+        s = _sigmoid(x)
+        return dy * s * (1 + x * (1 - s))
+
+    return _activation("silu", lambda x: (x * _sigmoid(x), x), backward)
+
+
+def softmax(axis: int = -1) -> Layer:
+    """``y_i = exp(x_i) / sum_j exp(x_j)`` along ``axis`` (max-shifted for stability).
+
+    Backward (the Jacobian ``diag(y) - y y^T`` applied to ``dy`` without forming it)::
+
+        dx = y * (dy - sum(dy * y, axis))
+
+    Cache: ``y``.
+    """
+
+    def forward(x):
+        _check_axis("softmax", x, axis)
+        e = jnp.exp(x - jnp.max(x, axis=axis, keepdims=True))
+        y = e / jnp.sum(e, axis=axis, keepdims=True)
+        return y, y
+
+    def backward(y, dy):
+        return y * (dy - jnp.sum(dy * y, axis=axis, keepdims=True))
+
+    return _activation("softmax", forward, backward)
+
+
+def log_softmax(axis: int = -1) -> Layer:
+    """``y = x - logsumexp(x)`` along ``axis``.
+
+    Backward: ``dx = dy - exp(y) * sum(dy, axis)`` (``exp(y)`` is the softmax). Cache: ``y``.
+    """
+
+    def forward(x):
+        _check_axis("log_softmax", x, axis)
+        shifted = x - jnp.max(x, axis=axis, keepdims=True)
+        y = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
+        return y, y
+
+    def backward(y, dy):
+        return dy - jnp.exp(y) * jnp.sum(dy, axis=axis, keepdims=True)
+
+    return _activation("log_softmax", forward, backward)
+
+
+def _check_axis(name: str, x, axis: int):
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(
+            f"{name}: axis {axis} is out of range for input of shape {tuple(x.shape)}")

@@ -1,0 +1,1 @@
+"""funcnn.losses (being written)."""

@@ -1,0 +1,1 @@
+"""funcnn.optim (being written)."""

@@ -1,0 +1,1 @@
+"""funcnn.train (being written)."""
