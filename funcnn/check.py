@@ -56,14 +56,16 @@ class GradReport:
 
     def __str__(self) -> str:
         width = max([len(leaf.path) for leaf in self.leaves] + [4])
-        lines = [f"gradient check of {self.layer}: {'OK' if self.ok else 'FAILED'}",
-                 f"  {'leaf':<{width}}  {'shape':<16} {'vjp abs':>10} {'vjp rel':>10} "
-                 f"{'fd rel':>10}"]
+        lines = [
+            f"gradient check of {self.layer}: {'OK' if self.ok else 'FAILED'}",
+            f"  {'leaf':<{width}}  {'shape':<16} {'vjp abs':>10} {'vjp rel':>10} {'fd rel':>10}",
+        ]
         for leaf in self.leaves:
             mark = "" if leaf.ok else "   <-- mismatch"
             lines.append(
                 f"  {leaf.path:<{width}}  {leaf.shape!s:<16} {leaf.vjp_abs:10.2e} "
-                f"{leaf.vjp_rel:10.2e} {leaf.fd_rel:10.2e}{mark}")
+                f"{leaf.vjp_rel:10.2e} {leaf.fd_rel:10.2e}{mark}"
+            )
         lines += [f"  problem: {p}" for p in self.problems]
         return "\n".join(lines)
 
@@ -80,7 +82,8 @@ def _random_like(key, tree):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
     keys = jax.random.split(key, max(len(leaves), 1))
     return treedef.unflatten(
-        [jax.random.normal(k, jnp.shape(a), _FLOAT64) for k, a in zip(keys, leaves, strict=False)])
+        [jax.random.normal(k, jnp.shape(a), _FLOAT64) for k, a in zip(keys, leaves, strict=False)]
+    )
 
 
 def _vdot(a, b) -> jax.Array:
@@ -140,21 +143,48 @@ def check_grads(
       A :class:`GradReport`; ``print`` it for a per-leaf table.
     """
     with jax.enable_x64(True):
-        return _check(layer, _to_float64(params), _to_float64(x), _to_float64(state),
-                      Ctx(jax.random.PRNGKey(1), True) if ctx is None else ctx,
-                      jax.random.PRNGKey(0) if key is None else key,
-                      rtol, atol, fd_eps, fd_rtol, fd_atol, fd_directions, jit, raise_on_error)
+        return _check(
+            layer,
+            _to_float64(params),
+            _to_float64(x),
+            _to_float64(state),
+            Ctx(jax.random.PRNGKey(1), True) if ctx is None else ctx,
+            jax.random.PRNGKey(0) if key is None else key,
+            rtol,
+            atol,
+            fd_eps,
+            fd_rtol,
+            fd_atol,
+            fd_directions,
+            jit,
+            raise_on_error,
+        )
 
 
-def _check(layer, params, x, state, ctx, key, rtol, atol, fd_eps, fd_rtol, fd_atol,
-           fd_directions, jit, raise_on_error) -> GradReport:
+def _check(
+    layer,
+    params,
+    x,
+    state,
+    ctx,
+    key,
+    rtol,
+    atol,
+    fd_eps,
+    fd_rtol,
+    fd_atol,
+    fd_directions,
+    jit,
+    raise_on_error,
+) -> GradReport:
     # Integer leaves of x (ids, labels) are not differentiated: close over them.
     x_float = jax.tree_util.tree_map(lambda a: a if _is_float(a) else None, x)
     has_float_x = bool(jax.tree_util.tree_leaves(x_float))
 
     def merge(xf):
-        return jax.tree_util.tree_map(lambda orig, f: orig if f is None else f, x, xf,
-                                      is_leaf=lambda a: a is None)
+        return jax.tree_util.tree_map(
+            lambda orig, f: orig if f is None else f, x, xf, is_leaf=lambda a: a is None
+        )
 
     def output(p, xf):
         return apply_layer(layer, p, merge(xf), state, ctx)[0]
@@ -165,13 +195,20 @@ def _check(layer, params, x, state, ctx, key, rtol, atol, fd_eps, fd_rtol, fd_at
     output_abs = 0.0
     if jit:
         y_eager = apply_layer(layer, params, x, state, ctx)[0]
-        output_abs = max((float(jnp.max(jnp.abs(a - b)))
-                          for a, b in zip(jax.tree_util.tree_leaves(y),
-                                          jax.tree_util.tree_leaves(y_eager), strict=True)
-                          if jnp.size(a)), default=0.0)
+        output_abs = max(
+            (
+                float(jnp.max(jnp.abs(a - b)))
+                for a, b in zip(
+                    jax.tree_util.tree_leaves(y), jax.tree_util.tree_leaves(y_eager), strict=True
+                )
+                if jnp.size(a)
+            ),
+            default=0.0,
+        )
         if output_abs > atol + rtol * max(
-                (float(jnp.max(jnp.abs(a))) for a in jax.tree_util.tree_leaves(y_eager)
-                 if jnp.size(a)), default=0.0):
+            (float(jnp.max(jnp.abs(a))) for a in jax.tree_util.tree_leaves(y_eager) if jnp.size(a)),
+            default=0.0,
+        ):
             problems.append(f"jit(forward) differs from forward by {output_abs:.3e}")
 
     key_dy, key_fd = jax.random.split(key)
@@ -222,8 +259,16 @@ def _check(layer, params, x, state, ctx, key, rtol, atol, fd_eps, fd_rtol, fd_at
             err = abs(fd - analytic)
             fd_rel = max(fd_rel, err / max(abs(fd), abs(analytic), 1e-300))
             fd_ok = fd_ok and err <= fd_atol + fd_rtol * max(abs(fd), abs(analytic))
-        leaves.append(LeafError(name, tuple(jnp.shape(ref)), vjp_abs, vjp_rel, fd_rel,
-                                vjp_ok and fd_ok and math.isfinite(vjp_abs)))
+        leaves.append(
+            LeafError(
+                name,
+                tuple(jnp.shape(ref)),
+                vjp_abs,
+                vjp_rel,
+                fd_rel,
+                vjp_ok and fd_ok and math.isfinite(vjp_abs),
+            )
+        )
     report = GradReport(layer.name, tuple(leaves), output_abs, tuple(problems))
     if raise_on_error and not report.ok:
         raise AssertionError(str(report))
@@ -267,7 +312,8 @@ def check_layer(
     actual = jax.tree_util.tree_map(lambda a: tuple(a.shape), y)
     if _as_tuples(actual) != _as_tuples(out_shape):
         raise AssertionError(
-            f"{layer.name}: init says the output shape is {out_shape}, forward produced {actual}")
+            f"{layer.name}: init says the output shape is {out_shape}, forward produced {actual}"
+        )
     return check_grads(layer, params, x, state=state, ctx=ctx, key=k_check, **kwargs)
 
 

@@ -57,7 +57,8 @@ def _check_tuple(name: str, what: str, value, n: int):
         got = f"tuple of length {len(value)}" if isinstance(value, tuple) else type(value).__name__
         raise TypeError(
             f"{name}: {what} must be a tuple with one entry per child ({n}), got {got}. "
-            f"Use the {what} made by this layer's init.")
+            f"Use the {what} made by this layer's init."
+        )
 
 
 # --- sequential -----------------------------------------------------------------------
@@ -256,13 +257,15 @@ def fan_in_concat(axis: int = -1, n: int | None = None) -> Layer:
         if any(len(s) != ndim for s in shapes) or not -ndim <= axis < ndim or axis % ndim == 0:
             raise ValueError(
                 f"fan_in_concat: inputs must share a rank with axis {axis} a non-batch axis, "
-                f"got shapes {list(shapes)}")
+                f"got shapes {list(shapes)}"
+            )
         ax = axis % ndim
-        rest = [s[:ax] + s[ax + 1:] for s in shapes]
+        rest = [s[:ax] + s[ax + 1 :] for s in shapes]
         if any(r != rest[0] for r in rest):
             raise ValueError(
                 f"fan_in_concat: inputs must agree on every axis but {axis}, got shapes "
-                f"{list(shapes)}")
+                f"{list(shapes)}"
+            )
         return ax
 
     def init(key, input_shape):
@@ -355,7 +358,8 @@ def graph(nodes: Mapping[str, tuple], output: str | Sequence[str]) -> Layer:
             if src not in defined:
                 raise ValueError(
                     f"graph: node {name!r} reads {src!r}, which is not defined before it "
-                    f"(defined so far: {sorted(defined)})")
+                    f"(defined so far: {sorted(defined)})"
+                )
         sources[name], layers[name] = srcs, layer
         defined.add(name)
     outputs = (output,) if isinstance(output, str) else tuple(output)
@@ -381,7 +385,8 @@ def graph(nodes: Mapping[str, tuple], output: str | Sequence[str]) -> Layer:
         for i, name in enumerate(names):
             with _inside("graph", name, layers[name]):
                 params[name], states[name], shapes[name] = lifted[name].init(
-                    jax.random.fold_in(key, i), gather(shapes, name))
+                    jax.random.fold_in(key, i), gather(shapes, name)
+                )
         return params, states, result(shapes)
 
     def forward(params, x, state, ctx):
@@ -389,7 +394,8 @@ def graph(nodes: Mapping[str, tuple], output: str | Sequence[str]) -> Layer:
         for i, name in enumerate(names):
             with _inside("graph", name, layers[name]):
                 values[name], caches[name], new_states[name] = lifted[name].forward(
-                    params[name], gather(values, name), state[name], ctx.child(i))
+                    params[name], gather(values, name), state[name], ctx.child(i)
+                )
         return result(values), caches, new_states
 
     def backward(params, cache, dy):
@@ -401,8 +407,14 @@ def graph(nodes: Mapping[str, tuple], output: str | Sequence[str]) -> Layer:
                 cotangents[src] = _add(cotangents.get(src), d)
         return cotangents.get(GRAPH_INPUT), grads
 
-    return make_combinator("graph", tuple(layers.values()), init, forward, backward,
-                           empty_state={name: () for name in names})
+    return make_combinator(
+        "graph",
+        tuple(layers.values()),
+        init,
+        forward,
+        backward,
+        empty_state={name: () for name in names},
+    )
 
 
 __all__ = [

@@ -98,6 +98,24 @@ class Layer:
         return f"Layer({self.name!r}, {form}{inner})"
 
 
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A loss: a pair of pure functions and a name.
+
+    Attributes:
+      forward: ``(pred, target) -> (loss, cache)``; ``loss`` is a scalar.
+      backward: ``(cache, dloss=1.0) -> dpred``. Targets get no gradient.
+      name: used in error messages.
+    """
+
+    forward: Callable[..., Any]
+    backward: Callable[..., Any]
+    name: str
+
+    def __repr__(self) -> str:
+        return f"Loss({self.name!r})"
+
+
 def as_wide(layer: Layer) -> Layer:
     """Lift a pure layer to the wide form: empty state ``()``, ``ctx`` ignored.
 
@@ -217,23 +235,26 @@ def check_params(name: str, params, expected: dict[str, Shape]):
         got = tuple(getattr(params[key], "shape", ()))
         if got != tuple(shape):
             raise ValueError(
-                f"{name}: params[{key!r}] must have shape {tuple(shape)} for this input, "
-                f"got {got}"
+                f"{name}: params[{key!r}] must have shape {tuple(shape)} for this input, got {got}"
             )
 
 
 def check_no_params(name: str, params):
     """Parameter-free layers take ``params == ()``."""
     if params != ():
-        raise TypeError(f"{name}: this layer has no parameters; params must be (), "
-                        f"got {_describe(params)}")
+        raise TypeError(
+            f"{name}: this layer has no parameters; params must be (), got {_describe(params)}"
+        )
 
 
 def check_children(name: str, what: str, values, n: int):
     """Check that a multi-input/-branch value is a tuple/list of length ``n``."""
     if not isinstance(values, (tuple, list)) or len(values) != n:
-        got = f"{type(values).__name__} of length {len(values)}" if isinstance(
-            values, (tuple, list)) else _describe(values)
+        got = (
+            f"{type(values).__name__} of length {len(values)}"
+            if isinstance(values, (tuple, list))
+            else _describe(values)
+        )
         raise ValueError(f"{name}: expected a tuple of {n} {what}, got {got}")
 
 

@@ -42,7 +42,8 @@ def normal(stddev: float = 1e-2) -> Initializer:
 def uniform(scale: float = 1e-2) -> Initializer:
     """Uniform on ``[-scale, scale)``."""
     return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-        key, shape, dtype, -scale, scale)
+        key, shape, dtype, -scale, scale
+    )
 
 
 def glorot_normal() -> Initializer:

@@ -41,6 +41,8 @@ def summary(layer: Layer, input_shape, key=None) -> str:
         width = max(len(c.name) for c in layer.children)
         for (label, p), child in zip(entries, layer.children, strict=True):
             lines.append(f"  {label} {child.name:<{width + 4}} params {_count(p)}")
-    lines.append(f"total params: {_count(params)}"
-                 + (f", state values: {_count(state)}" if _count(state) else ""))
+    lines.append(
+        f"total params: {_count(params)}"
+        + (f", state values: {_count(state)}" if _count(state) else "")
+    )
     return "\n".join(lines)

@@ -39,8 +39,9 @@ def test_float32_in_float32_out(case):
     dx, dparams = layer.backward(params, cache, jax.tree_util.tree_map(jnp.ones_like, y))
     for leaf in jax.tree_util.tree_leaves((y, dx)):
         assert leaf.dtype == jnp.float32, case.id
-    for g, p in zip(jax.tree_util.tree_leaves(dparams), jax.tree_util.tree_leaves(params),
-                    strict=True):
+    for g, p in zip(
+        jax.tree_util.tree_leaves(dparams), jax.tree_util.tree_leaves(params), strict=True
+    ):
         assert g.dtype == p.dtype and g.shape == p.shape, case.id
 
 

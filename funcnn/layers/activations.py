@@ -77,7 +77,8 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
         return jnp.where(mask, x, negative_slope * x), mask
 
     return _activation(
-        "leaky_relu", forward, lambda mask, dy: jnp.where(mask, dy, negative_slope * dy))
+        "leaky_relu", forward, lambda mask, dy: jnp.where(mask, dy, negative_slope * dy)
+    )
 
 
 def elu(alpha: float = 1.0) -> Layer:
@@ -198,7 +199,8 @@ def softplus() -> Layer:
     Backward: ``dx = dy * sigmoid(x)``. Cache: ``x``.
     """
     return _activation(
-        "softplus", lambda x: (jnp.logaddexp(x, 0.0), x), lambda x, dy: dy * _sigmoid(x))
+        "softplus", lambda x: (jnp.logaddexp(x, 0.0), x), lambda x, dy: dy * _sigmoid(x)
+    )
 
 
 def silu() -> Layer:
@@ -256,5 +258,4 @@ def log_softmax(axis: int = -1) -> Layer:
 
 def _check_axis(name: str, x, axis: int):
     if not -x.ndim <= axis < x.ndim:
-        raise ValueError(
-            f"{name}: axis {axis} is out of range for input of shape {tuple(x.shape)}")
+        raise ValueError(f"{name}: axis {axis} is out of range for input of shape {tuple(x.shape)}")

@@ -63,8 +63,7 @@ def linear(features: int, *, w_init: Initializer = glorot_normal(), dtype=jnp.fl
 
     def init(key, input_shape):
         input_shape = check_input_shape("linear", input_shape)
-        return {"w": w_init(key, (input_shape[-1], features), dtype)}, (
-            *input_shape[:-1], features)
+        return {"w": w_init(key, (input_shape[-1], features), dtype)}, (*input_shape[:-1], features)
 
     def forward(params, x):
         _check_features("linear", x, _in_features("linear", params))

@@ -20,12 +20,14 @@ def _resolve(name: str, input_shape: tuple[int, ...], target: tuple[int, ...]):
         if known == 0 or size % known:
             raise ValueError(
                 f"{name}: cannot reshape input of shape {input_shape} to "
-                f"(batch, *{target}): {size} elements per example do not divide by {known}")
+                f"(batch, *{target}): {size} elements per example do not divide by {known}"
+            )
         target = tuple(size // known if d == -1 else d for d in target)
     elif known != size:
         raise ValueError(
             f"{name}: cannot reshape input of shape {input_shape} to (batch, *{target}): "
-            f"{size} elements per example, the target holds {known}")
+            f"{size} elements per example, the target holds {known}"
+        )
     return (input_shape[0], *target)
 
 
@@ -66,7 +68,8 @@ def reshape(shape) -> Layer:
     target = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
     if not all(isinstance(d, int) and (d > 0 or d == -1) for d in target):
         raise ValueError(
-            f"reshape: shape must hold positive ints and at most one -1, got {shape!r}")
+            f"reshape: shape must hold positive ints and at most one -1, got {shape!r}"
+        )
     if target.count(-1) > 1:
         raise ValueError(f"reshape: at most one -1 is allowed in shape, got {shape!r}")
     return _reshape_layer("reshape", lambda _: target)
