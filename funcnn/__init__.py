@@ -9,7 +9,7 @@
 ((8, 3), (8, 4))
 """
 
-from funcnn import check, initializers, losses, optim, train
+from funcnn import check, initializers, interop, io, losses, optim, train
 from funcnn.combinators import (
     fan_in_concat,
     fan_in_sum,
@@ -40,6 +40,8 @@ __all__ = [
     "graph",
     "init_layer",
     "initializers",
+    "interop",
+    "io",
     "losses",
     "optim",
     "parallel",

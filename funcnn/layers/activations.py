@@ -132,11 +132,12 @@ def gelu(approximate: bool = False) -> Layer:
     """Gaussian error linear unit ``y = x * Phi(x)``.
 
     With ``approximate=False`` (the default, as PyTorch) ``Phi`` is the exact normal CDF
-    ``0.5 * (1 + erf(x / sqrt 2))`` and the derivative is ``Phi(x) + x * phi(x)`` with
-    ``phi(x) = exp(-x^2 / 2) / sqrt(2 pi)``.
+    ``0.5 * (1 + erf(x / sqrt 2))`` and the backward is ``dx = dy * (Phi(x) + x * phi(x))``
+    with ``phi(x) = exp(-x^2 / 2) / sqrt(2 pi)``.
 
     With ``approximate=True``: ``y = 0.5 x (1 + tanh u)``, ``u = sqrt(2/pi) (x + 0.044715 x^3)``
-    and ``dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)``.
+    and the backward multiplies ``dy`` by
+    ``0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)``.
 
     Cache: ``x``.
     """
