@@ -136,87 +136,101 @@ def check_grads(
       rtol, atol: tolerance against ``jax.vjp``, as in ``numpy.allclose``.
       fd_eps, fd_rtol, fd_atol: step and tolerance of the finite-difference check.
       fd_directions: random directions tried per leaf.
-      jit: also run ``jax.jit(forward)`` and feed its cache to ``backward``.
+      jit: run the layer's forward under ``jax.jit`` (and check it equals the eager one)
+        and feed that cache to ``backward``.
       raise_on_error: raise ``AssertionError`` with the report when a check fails.
 
     Returns:
       A :class:`GradReport`; ``print`` it for a per-leaf table.
     """
+    ctx = Ctx(jax.random.PRNGKey(1), True) if ctx is None else ctx
+    key = jax.random.PRNGKey(0) if key is None else key
     with jax.enable_x64(True):
-        return _check(
+        params, x, state = _to_float64(params), _to_float64(x), _to_float64(state)
+        report = _check(
             layer,
-            _to_float64(params),
-            _to_float64(x),
-            _to_float64(state),
-            Ctx(jax.random.PRNGKey(1), True) if ctx is None else ctx,
-            jax.random.PRNGKey(0) if key is None else key,
-            rtol,
-            atol,
+            params,
+            x,
+            state,
+            ctx,
+            key,
             fd_eps,
-            fd_rtol,
-            fd_atol,
             fd_directions,
             jit,
-            raise_on_error,
+            lambda mine, ref: bool(np.allclose(mine, ref, rtol=rtol, atol=atol)),
+            lambda err, scale: err <= fd_atol + fd_rtol * scale,
         )
+    if raise_on_error and not report.ok:
+        raise AssertionError(str(report))
+    return report
+
+
+def _max_abs(tree) -> float:
+    return max(
+        (float(jnp.max(jnp.abs(a))) for a in jax.tree_util.tree_leaves(tree) if jnp.size(a)),
+        default=0.0,
+    )
 
 
 def _check(
-    layer,
-    params,
-    x,
-    state,
-    ctx,
-    key,
-    rtol,
-    atol,
-    fd_eps,
-    fd_rtol,
-    fd_atol,
-    fd_directions,
-    jit,
-    raise_on_error,
+    layer, params, x, state, ctx, key, fd_eps, fd_directions, jit, vjp_close, fd_close
 ) -> GradReport:
     # Integer leaves of x (ids, labels) are not differentiated: close over them.
     x_float = jax.tree_util.tree_map(lambda a: a if _is_float(a) else None, x)
     has_float_x = bool(jax.tree_util.tree_leaves(x_float))
 
-    def merge(xf):
-        return jax.tree_util.tree_map(
+    def output(p, xf):
+        merged = jax.tree_util.tree_map(
             lambda orig, f: orig if f is None else f, x, xf, is_leaf=lambda a: a is None
         )
+        return apply_layer(layer, p, merged, state, ctx)[0]
 
-    def output(p, xf):
-        return apply_layer(layer, p, merge(xf), state, ctx)[0]
-
-    forward = jax.jit(apply_layer, static_argnums=0) if jit else apply_layer
-    y, cache, _ = forward(layer, params, x, state, ctx)
+    # 1. The code under test: forward (eager or jitted) and the hand-written backward.
     problems = []
+    y, cache, _ = apply_layer(layer, params, x, state, ctx)
     output_abs = 0.0
     if jit:
-        y_eager = apply_layer(layer, params, x, state, ctx)[0]
-        output_abs = max(
-            (
-                float(jnp.max(jnp.abs(a - b)))
-                for a, b in zip(
-                    jax.tree_util.tree_leaves(y), jax.tree_util.tree_leaves(y_eager), strict=True
-                )
-                if jnp.size(a)
-            ),
-            default=0.0,
-        )
-        if output_abs > atol + rtol * max(
-            (float(jnp.max(jnp.abs(a))) for a in jax.tree_util.tree_leaves(y_eager) if jnp.size(a)),
-            default=0.0,
-        ):
+        y_eager = y
+        y, cache, _ = jax.jit(apply_layer, static_argnums=0)(layer, params, x, state, ctx)
+        diff = jax.tree_util.tree_map(jnp.subtract, y, y_eager)
+        output_abs = _max_abs(diff)
+        if not vjp_close(output_abs, 0.0 * output_abs) and output_abs > 1e-12 * _max_abs(y):
             problems.append(f"jit(forward) differs from forward by {output_abs:.3e}")
-
     key_dy, key_fd = jax.random.split(key)
     dy = _random_like(key_dy, y)
     dx, dparams = layer.backward(params, cache, dy)
 
-    y_ref, vjp_fn = jax.vjp(output, params, x_float)
-    ref_dparams, ref_dx = vjp_fn(dy)
+    # 2. The references, in one compiled function: jax.vjp of the forward, and the central
+    #    differences of L(theta) = <forward(theta), dy> along random directions per leaf.
+    point = {"x": x_float, "params": params}
+    flat_point, point_def = jax.tree_util.tree_flatten(point)
+    keys = jax.random.split(key_fd, max(len(flat_point), 1))
+    directions = [
+        jax.random.normal(keys[i], (fd_directions, *jnp.shape(a)), _FLOAT64)
+        for i, a in enumerate(flat_point)
+    ]
+
+    @jax.jit
+    def references(flat, dirs, dy):
+        tree = point_def.unflatten(flat)
+        y_ref, vjp_fn = jax.vjp(output, tree["params"], tree["x"])
+        ref_dparams, ref_dx = vjp_fn(dy)
+
+        def loss_at(i, shift):
+            moved = list(flat)
+            moved[i] = flat[i] + shift
+            t = point_def.unflatten(moved)
+            return _vdot(output(t["params"], t["x"]), dy)
+
+        fd = [
+            jnp.stack(
+                [(loss_at(i, fd_eps * v) - loss_at(i, -fd_eps * v)) / (2 * fd_eps) for v in dirs[i]]
+            )
+            for i in range(len(flat))
+        ]
+        return y_ref, ref_dparams, ref_dx, fd
+
+    y_ref, ref_dparams, ref_dx, fd_values = references(flat_point, directions, dy)
     problems += _structure_problems("y", y, y_ref)
     problems += _structure_problems("dparams", dparams, params)
     if has_float_x:
@@ -224,55 +238,27 @@ def _check(
     elif dx is not None:
         problems.append(f"dx must be None for an integer input, got {type(dx).__name__}")
     if problems:
-        report = GradReport(layer.name, (), output_abs, tuple(problems))
-        if raise_on_error:
-            raise AssertionError(str(report))
-        return report
+        return GradReport(layer.name, (), output_abs, tuple(problems))
 
-    # One flat list of (path, ours, reference, point) over x and params.
-    ours = {"x": dx if has_float_x else None, "params": dparams}
+    # 3. Compare leaf by leaf over {"x": dx, "params": dparams}.
     refs = {"x": ref_dx if has_float_x else None, "params": ref_dparams}
-    point = {"x": x_float, "params": params}
     flat_ref, _ = jax.tree_util.tree_flatten_with_path(refs)
-    flat_ours = jax.tree_util.tree_leaves(ours)
-    flat_point = jax.tree_util.tree_leaves(point)
-
-    def loss_at(flat):
-        tree = jax.tree_util.tree_structure(point).unflatten(flat)
-        return _vdot(output(tree["params"], tree["x"]), dy)
-
+    flat_ours = jax.tree_util.tree_leaves({"x": dx if has_float_x else None, "params": dparams})
     leaves = []
-    fd_keys = jax.random.split(key_fd, max(len(flat_ref), 1))
-    for i, ((path, ref), mine, at) in enumerate(zip(flat_ref, flat_ours, flat_point, strict=True)):
-        name = path[0].key + jax.tree_util.keystr(path[1:])
-        vjp_abs = float(jnp.max(jnp.abs(mine - ref))) if jnp.size(ref) else 0.0
-        scale = float(jnp.max(jnp.abs(ref))) if jnp.size(ref) else 0.0
+    for (path, ref), mine, dirs, fd in zip(flat_ref, flat_ours, directions, fd_values, strict=True):
+        mine, ref = np.asarray(mine), np.asarray(ref)
+        vjp_abs = float(np.max(np.abs(mine - ref))) if ref.size else 0.0
+        scale = float(np.max(np.abs(ref))) if ref.size else 0.0
         vjp_rel = vjp_abs / scale if scale > 0 else vjp_abs
-        vjp_ok = bool(np.allclose(np.asarray(mine), np.asarray(ref), rtol=rtol, atol=atol))
-        fd_rel, fd_ok = 0.0, True
-        for k in jax.random.split(fd_keys[i], fd_directions):
-            v = jax.random.normal(k, jnp.shape(at), _FLOAT64)
-            plus, minus = list(flat_point), list(flat_point)
-            plus[i], minus[i] = at + fd_eps * v, at - fd_eps * v
-            fd = float((loss_at(plus) - loss_at(minus)) / (2 * fd_eps))
-            analytic = float(jnp.vdot(mine, v))
-            err = abs(fd - analytic)
-            fd_rel = max(fd_rel, err / max(abs(fd), abs(analytic), 1e-300))
-            fd_ok = fd_ok and err <= fd_atol + fd_rtol * max(abs(fd), abs(analytic))
-        leaves.append(
-            LeafError(
-                name,
-                tuple(jnp.shape(ref)),
-                vjp_abs,
-                vjp_rel,
-                fd_rel,
-                vjp_ok and fd_ok and math.isfinite(vjp_abs),
-            )
-        )
-    report = GradReport(layer.name, tuple(leaves), output_abs, tuple(problems))
-    if raise_on_error and not report.ok:
-        raise AssertionError(str(report))
-    return report
+        analytic = np.tensordot(np.asarray(dirs), mine, axes=mine.ndim)
+        err = np.abs(np.asarray(fd) - analytic)
+        scales = np.maximum(np.abs(np.asarray(fd)), np.abs(analytic))
+        fd_rel = float(np.max(err / np.maximum(scales, 1e-300)))
+        fd_ok = all(fd_close(e, s) for e, s in zip(err, scales, strict=True))
+        ok = vjp_close(mine, ref) and fd_ok and math.isfinite(vjp_abs)
+        name = path[0].key + jax.tree_util.keystr(path[1:])
+        leaves.append(LeafError(name, ref.shape, vjp_abs, vjp_rel, fd_rel, ok))
+    return GradReport(layer.name, tuple(leaves), output_abs, tuple(problems))
 
 
 def check_layer(

@@ -61,6 +61,14 @@ def _check_tuple(name: str, what: str, value, n: int):
         )
 
 
+def _check_layers(name: str, layers) -> tuple[Layer, ...]:
+    layers = tuple(layers)
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{name}: argument {i} must be a Layer, got {type(layer).__name__}")
+    return layers
+
+
 # --- sequential -----------------------------------------------------------------------
 
 
@@ -88,10 +96,7 @@ def sequential(*layers: Layer) -> Layer:
 
 
 def _chain(name: str, layers: Sequence[Layer]) -> Layer:
-    layers = tuple(layers)
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, Layer):
-            raise TypeError(f"{name}: argument {i} must be a Layer, got {type(layer).__name__}")
+    layers = _check_layers(name, layers)
     n = len(layers)
     lifted = tuple(as_wide(layer) for layer in layers)
 
@@ -135,14 +140,17 @@ def parallel(*layers: Layer) -> Layer:
 
     Backward: each branch independently, ``dx[i], dparams[i] = backward_i(..., dy[i])``.
     """
-    layers = tuple(layers)
+    layers = _check_layers("parallel", layers)
     n = len(layers)
     lifted = tuple(as_wide(layer) for layer in layers)
 
     def init(key, input_shape):
         check_children("parallel", "input shapes (one per branch)", input_shape, n)
         keys = jax.random.split(key, n)
-        out = [lifted[i].init(keys[i], input_shape[i]) for i in range(n)]
+        out = []
+        for i, layer in enumerate(lifted):
+            with _inside("parallel", str(i), layer):
+                out.append(layer.init(keys[i], input_shape[i]))
         return tuple(o[0] for o in out), tuple(o[1] for o in out), tuple(o[2] for o in out)
 
     def forward(params, x, state, ctx):
@@ -363,6 +371,8 @@ def graph(nodes: Mapping[str, tuple], output: str | Sequence[str]) -> Layer:
         sources[name], layers[name] = srcs, layer
         defined.add(name)
     outputs = (output,) if isinstance(output, str) else tuple(output)
+    if len(set(outputs)) != len(outputs):
+        raise ValueError(f"graph: output names must be distinct, got {outputs}")
     for out in outputs:
         if out not in nodes:
             raise ValueError(f"graph: output {out!r} is not a node (nodes: {names})")

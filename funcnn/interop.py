@@ -29,8 +29,8 @@ def to_jax(layer: Layer) -> Callable:
     >>> params, _ = layer.init(jax.random.PRNGKey(0), (3, 4))
     >>> f = to_jax(layer)
     >>> g = jax.grad(lambda p: f(p, jnp.ones((3, 4))).sum())(params)
-    >>> g["b"]
-    Array([3., 3.], dtype=float32)
+    >>> print(g["b"])
+    [3. 3.]
     """
     if layer.wide:
 
@@ -97,8 +97,8 @@ def from_jax(
     >>> from funcnn.interop import from_jax
     >>> cube = from_jax(lambda params, x: x ** 3, name="cube")
     >>> y, cache = cube.forward((), jnp.array([2.0]))
-    >>> cube.backward((), cache, jnp.array([1.0]))[0]
-    Array([12.], dtype=float32)
+    >>> print(cube.backward((), cache, jnp.array([1.0]))[0])
+    [12.]
     """
 
     def default_init(key, input_shape):

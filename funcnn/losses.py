@@ -1,1 +1,475 @@
-"""funcnn.losses (being written)."""
+"""Losses as ``(forward, backward)`` pairs with hand-written gradients.
+
+Every loss is a :class:`funcnn.core.Loss`::
+
+    forward(pred, target)       -> (loss, cache)     # loss is a scalar
+    backward(cache, dloss=1.0)  -> dpred             # targets get no gradient
+
+Each factory takes ``reduction="mean"`` or ``"sum"``. The numbers are PyTorch's: "mean"
+averages over every element for the elementwise losses (:func:`mse`, :func:`l1`,
+:func:`huber`, :func:`binary_cross_entropy_with_logits`) and over the batch (every axis
+but the class axis) for the classification losses (:func:`softmax_cross_entropy`,
+:func:`hinge`).
+
+Conventions shared by all of them:
+
+* ``pred`` (or ``logits``) must be floating point. ``loss`` and ``dpred`` have its dtype:
+  a float target is cast to it, and so is ``dloss``.
+* Elementwise losses never broadcast: ``pred`` and ``target`` must have the same shape.
+* The class axis is the last one (channels-last, unlike PyTorch's axis 1), and
+  class indices are an integer array with the logits' shape minus that axis.
+* Class indices outside ``[0, C)`` cannot be detected while tracing (the values are not
+  known then), so they are not an error: they make the loss and that sample's gradient
+  row NaN, which no training run can miss.
+* ``dloss`` is the cotangent of the scalar loss (a Python number or a 0-d array), so
+  ``backward(cache, dloss)`` is the gradient of ``dloss * loss``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from funcnn.core import Array, Loss, Static, check_array, check_float
+
+__all__ = [
+    "binary_cross_entropy_with_logits",
+    "hinge",
+    "huber",
+    "l1",
+    "mse",
+    "softmax_cross_entropy",
+]
+
+_REDUCTIONS = ("mean", "sum")
+
+
+# --- shared helpers --------------------------------------------------------------------
+
+
+def _check_reduction(name: str, reduction) -> str:
+    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be 'mean' or 'sum', got {reduction!r}")
+    return reduction
+
+
+def _reduce(values: Array, reduction: str, count: int) -> Array:
+    """Sum ``values``, divided by ``count`` for "mean"."""
+    total = jnp.sum(values)
+    return total / count if reduction == "mean" else total
+
+
+def _scale(name: str, dloss, reduction: str, count: int, dtype) -> Array:
+    """The factor every gradient entry gets: ``dloss`` (divided by ``count`` for "mean")."""
+    if jnp.ndim(dloss) != 0:
+        raise ValueError(
+            f"{name}: dloss must be a scalar (the cotangent of the scalar loss), "
+            f"got shape {tuple(jnp.shape(dloss))}"
+        )
+    dloss = jnp.asarray(dloss, dtype)
+    # max(count, 1): an empty input has an empty gradient; avoid a Python ZeroDivisionError.
+    return dloss / max(count, 1) if reduction == "mean" else dloss
+
+
+def _check_pair(name: str, pred, target) -> Array:
+    """Validate an elementwise loss's inputs; return ``target`` in ``pred``'s dtype."""
+    check_float(name, "pred", pred)
+    check_array(name, "target", target)
+    if tuple(pred.shape) != tuple(target.shape):
+        raise ValueError(
+            f"{name}: pred and target must have the same shape (no broadcasting), "
+            f"got pred of shape {tuple(pred.shape)} and target of shape {tuple(target.shape)}"
+        )
+    if not (
+        jnp.issubdtype(target.dtype, jnp.floating)
+        or jnp.issubdtype(target.dtype, jnp.integer)
+        or jnp.issubdtype(target.dtype, jnp.bool_)
+    ):
+        raise TypeError(f"{name}: target must be a real array, got dtype {target.dtype}")
+    return jnp.asarray(target, pred.dtype)
+
+
+def _check_logits(name: str, logits) -> int:
+    """Validate class scores of shape ``(..., C)``; return ``C``."""
+    check_float(name, "logits", logits)
+    shape = check_array(name, "logits", logits, min_ndim=1)
+    if shape[-1] == 0:
+        raise ValueError(f"{name}: logits need at least one class (last axis), got shape {shape}")
+    return shape[-1]
+
+
+def _check_labels(name: str, logits, labels) -> None:
+    """Integer class indices must have the logits' shape without the class axis."""
+    expected = tuple(logits.shape[:-1])
+    if tuple(labels.shape) != expected:
+        raise ValueError(
+            f"{name}: integer labels must have shape {expected} (the logits' shape "
+            f"{tuple(logits.shape)} without the class axis), got labels of shape "
+            f"{tuple(labels.shape)}"
+        )
+
+
+def _is_integer(a) -> bool:
+    return jnp.issubdtype(a.dtype, jnp.integer)
+
+
+def _one_hot(labels: Array, num_classes: int) -> Array:
+    """Boolean one-hot ``(..., C)`` of integer ``labels (...)``; all False out of range."""
+    classes = jnp.arange(num_classes).reshape((1,) * labels.ndim + (num_classes,))
+    return labels[..., None] == classes
+
+
+def _valid(labels: Array, num_classes: int) -> Array:
+    return (labels >= 0) & (labels < num_classes)
+
+
+# --- regression ------------------------------------------------------------------------
+
+
+def mse(reduction: str = "mean") -> Loss:
+    """Mean squared error ``sum_i (pred_i - target_i)^2``, divided by the element count for "mean".
+
+    There is no 1/2 factor (as PyTorch's ``MSELoss``).
+
+    Args:
+      reduction: ``"mean"`` (over all elements) or ``"sum"``.
+
+    Shapes: ``pred (...)`` and ``target`` of the same shape -> a scalar.
+
+    Forward, with ``d = pred - target`` and ``n`` elements::
+
+        loss = s * sum_i d_i^2              s = 1/n ("mean") or 1 ("sum")
+
+    Backward::
+
+        dpred = dloss * s * 2 d
+
+    Cache: ``d``.
+
+    >>> import jax.numpy as jnp, funcnn as fn
+    >>> loss = fn.losses.mse()
+    >>> value, cache = loss.forward(jnp.array([1.0, 2.0], jnp.float32), jnp.zeros(2, jnp.float32))
+    >>> value
+    Array(2.5, dtype=float32)
+    >>> loss.backward(cache)
+    Array([1., 2.], dtype=float32)
+    """
+    name = "mse"
+    reduction = _check_reduction(name, reduction)
+
+    def forward(pred, target):
+        target = _check_pair(name, pred, target)
+        d = pred - target
+        return _reduce(d * d, reduction, d.size), d
+
+    def backward(d, dloss=1.0):
+        # loss = s * sum d^2  =>  dloss/dpred = s * 2 d.
+        return _scale(name, dloss, reduction, d.size, d.dtype) * 2 * d
+
+    return Loss(forward, backward, name)
+
+
+def l1(reduction: str = "mean") -> Loss:
+    """Absolute error ``sum_i |pred_i - target_i|``, divided by the element count for "mean".
+
+    As PyTorch's ``L1Loss``, the (sub)gradient at ``pred == target`` is 0.
+
+    Args:
+      reduction: ``"mean"`` (over all elements) or ``"sum"``.
+
+    Shapes: ``pred (...)`` and ``target`` of the same shape -> a scalar.
+
+    Forward, with ``d = pred - target`` and ``n`` elements::
+
+        loss = s * sum_i |d_i|              s = 1/n ("mean") or 1 ("sum")
+
+    Backward::
+
+        dpred = dloss * s * sign(d)         sign(0) = 0
+
+    Cache: ``sign(d)``.
+
+    >>> import jax.numpy as jnp, funcnn as fn
+    >>> loss = fn.losses.l1(reduction="sum")
+    >>> pred = jnp.array([1.0, -2.0, 0.0], jnp.float32)
+    >>> value, cache = loss.forward(pred, jnp.zeros(3, jnp.float32))
+    >>> value
+    Array(3., dtype=float32)
+    >>> loss.backward(cache)
+    Array([ 1., -1.,  0.], dtype=float32)
+    """
+    name = "l1"
+    reduction = _check_reduction(name, reduction)
+
+    def forward(pred, target):
+        target = _check_pair(name, pred, target)
+        d = pred - target
+        return _reduce(jnp.abs(d), reduction, d.size), jnp.sign(d)
+
+    def backward(sign, dloss=1.0):
+        # loss = s * sum |d|  =>  dloss/dpred = s * sign(d).
+        return _scale(name, dloss, reduction, sign.size, sign.dtype) * sign
+
+    return Loss(forward, backward, name)
+
+
+def huber(delta: float = 1.0, reduction: str = "mean") -> Loss:
+    """Huber loss: quadratic for ``|d| <= delta``, linear beyond (PyTorch's ``HuberLoss``).
+
+    Args:
+      delta: where the quadratic part meets the linear part; a positive number.
+      reduction: ``"mean"`` (over all elements) or ``"sum"``.
+
+    Shapes: ``pred (...)`` and ``target`` of the same shape -> a scalar.
+
+    Forward, with ``d = pred - target`` and ``n`` elements::
+
+        h(d) = 0.5 d^2                    if |d| <= delta
+               delta (|d| - 0.5 delta)    otherwise
+        loss = s * sum_i h(d_i)           s = 1/n ("mean") or 1 ("sum")
+
+    Both branches are ``c (d - c / 2)`` with ``c = clip(d, -delta, delta)``, and ``h'(d) = c``
+    (``d`` inside, ``delta * sign(d)`` outside; the two agree at ``|d| = delta``). Backward::
+
+        dpred = dloss * s * clip(d, -delta, delta)
+
+    Cache: ``clip(d, -delta, delta)``.
+
+    >>> import jax.numpy as jnp, funcnn as fn
+    >>> loss = fn.losses.huber(delta=1.0, reduction="sum")
+    >>> value, cache = loss.forward(jnp.array([0.5, 3.0], jnp.float32), jnp.zeros(2, jnp.float32))
+    >>> value  # 0.5 * 0.5^2 + 1 * (3 - 0.5)
+    Array(2.625, dtype=float32)
+    >>> loss.backward(cache)
+    Array([0.5, 1. ], dtype=float32)
+    """
+    name = "huber"
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (0 < delta < math.inf):
+        raise ValueError(f"{name}: delta must be a positive finite number, got {delta!r}")
+    reduction = _check_reduction(name, reduction)
+
+    def forward(pred, target):
+        target = _check_pair(name, pred, target)
+        d = pred - target
+        c = jnp.clip(d, -delta, delta)
+        return _reduce(c * (d - 0.5 * c), reduction, d.size), c
+
+    def backward(c, dloss=1.0):
+        # h'(d) = clip(d, -delta, delta), which is what the forward cached.
+        return _scale(name, dloss, reduction, c.size, c.dtype) * c
+
+    return Loss(forward, backward, name)
+
+
+# --- classification --------------------------------------------------------------------
+
+
+def binary_cross_entropy_with_logits(reduction: str = "mean") -> Loss:
+    """Binary cross-entropy of ``sigmoid(x)`` against targets ``t`` in [0, 1], from logits ``x``.
+
+    As PyTorch's ``BCEWithLogitsLoss``; stable for logits of any magnitude.
+
+    Args:
+      reduction: ``"mean"`` (over all elements) or ``"sum"``.
+
+    Shapes: ``logits (...)`` and ``target`` of the same shape -> a scalar. The target may
+    be float (probabilities) or integer/bool (0/1); it is cast to the logits' dtype.
+
+    Forward, elementwise ``-(t log sigmoid(x) + (1 - t) log(1 - sigmoid(x)))``, computed as::
+
+        l(x, t) = max(x, 0) - x t + log1p(exp(-|x|))
+        loss = s * sum_i l(x_i, t_i)      s = 1/n ("mean") or 1 ("sum")
+
+    (``log(1 + e^x) = max(x, 0) + log1p(e^-|x|)``, so ``exp`` never overflows.) With
+    ``d/dx log(1 + e^x) = sigmoid(x)``, backward::
+
+        dlogits = dloss * s * (sigmoid(x) - t)
+
+    Cache: ``sigmoid(x) - t``.
+
+    >>> import jax.numpy as jnp, funcnn as fn
+    >>> loss = fn.losses.binary_cross_entropy_with_logits()
+    >>> value, cache = loss.forward(jnp.zeros(2, jnp.float32), jnp.array([0.0, 1.0], jnp.float32))
+    >>> value  # log 2
+    Array(0.6931472, dtype=float32)
+    >>> loss.backward(cache)
+    Array([ 0.25, -0.25], dtype=float32)
+    """
+    name = "binary_cross_entropy_with_logits"
+    reduction = _check_reduction(name, reduction)
+
+    def forward(logits, target):
+        t = _check_pair(name, logits, target)
+        x = logits
+        per_element = jnp.maximum(x, 0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x)))
+        return _reduce(per_element, reduction, x.size), jax.nn.sigmoid(x) - t
+
+    def backward(residual, dloss=1.0):
+        # dl/dx = sigmoid(x) - t, which is what the forward cached.
+        return _scale(name, dloss, reduction, residual.size, residual.dtype) * residual
+
+    return Loss(forward, backward, name)
+
+
+def softmax_cross_entropy(reduction: str = "mean") -> Loss:
+    """Cross-entropy of ``softmax(logits)`` against class indices or class probabilities.
+
+    As PyTorch's ``CrossEntropyLoss``, with the class axis last.
+
+    Args:
+      reduction: ``"mean"`` (over the batch: every axis but the class axis) or ``"sum"``.
+
+    Shapes: ``logits (..., C)`` and either integer ``labels (...)`` (class indices) or float
+    ``target (..., C)`` (class probabilities, e.g. one-hot or smoothed) -> a scalar. With
+    ``N`` the number of rows (the product of the leading axes; 1 for ``logits (C,)``).
+
+    Forward, per row, with ``log p = x - logsumexp(x)`` (max-shifted, so logits of any
+    magnitude give finite values)::
+
+        l = -log p_y                       (labels)
+        l = -sum_c t_c log p_c             (probabilities)
+        loss = s * sum_rows l              s = 1/N ("mean") or 1 ("sum")
+
+    Backward. ``d logsumexp(x) / dx = p``, so for probabilities
+    ``dl/dx = p * sum_c t_c - t`` (``= p - t`` when ``t`` sums to 1), and for labels
+    ``t = onehot(y)``::
+
+        dlogits = dloss * s * (p - onehot(y))          (labels)
+        dlogits = dloss * s * (p * sum_c t_c - t)      (probabilities)
+
+    Labels outside ``[0, C)`` cannot be checked at trace time; they give a NaN loss and a
+    NaN gradient row for that sample.
+
+    Cache: ``(p, labels)`` or ``(p, t)``.
+
+    >>> import jax.numpy as jnp, funcnn as fn
+    >>> loss = fn.losses.softmax_cross_entropy()
+    >>> logits = jnp.array([[0.0, 0.0], [1e4, -1e4]], jnp.float32)
+    >>> value, cache = loss.forward(logits, jnp.array([0, 1]))
+    >>> value  # (log 2 + 2e4) / 2
+    Array(10000.347, dtype=float32)
+    >>> loss.backward(cache)
+    Array([[-0.25,  0.25],
+           [ 0.5 , -0.5 ]], dtype=float32)
+    """
+    name = "softmax_cross_entropy"
+    reduction = _check_reduction(name, reduction)
+
+    def forward(logits, target):
+        num_classes = _check_logits(name, logits)
+        check_array(name, "target", target)
+        shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+        log_p = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+        p = jnp.exp(log_p)
+        if _is_integer(target):
+            _check_labels(name, logits, target)
+            picked = jnp.sum(jnp.where(_one_hot(target, num_classes), log_p, 0), axis=-1)
+            per_row = jnp.where(_valid(target, num_classes), -picked, jnp.nan)
+        elif jnp.issubdtype(target.dtype, jnp.floating):
+            if tuple(target.shape) != tuple(logits.shape):
+                raise ValueError(
+                    f"{name}: float targets are class probabilities and must have the "
+                    f"logits' shape {tuple(logits.shape)}, got target of shape "
+                    f"{tuple(target.shape)}. For class indices pass an integer array "
+                    f"of shape {tuple(logits.shape[:-1])}."
+                )
+            target = jnp.asarray(target, logits.dtype)
+            per_row = -jnp.sum(target * log_p, axis=-1)
+        else:
+            raise TypeError(
+                f"{name}: target must be integer class indices or float class "
+                f"probabilities, got dtype {target.dtype}"
+            )
+        return _reduce(per_row, reduction, per_row.size), (p, target)
+
+    def backward(cache, dloss=1.0):
+        p, target = cache
+        num_classes = p.shape[-1]
+        scale = _scale(name, dloss, reduction, p.size // num_classes, p.dtype)
+        if _is_integer(target):
+            # l = logsumexp(x) - x_y  =>  dl/dx = p - onehot(y).
+            g = p - _one_hot(target, num_classes).astype(p.dtype)
+            g = jnp.where(_valid(target, num_classes)[..., None], g, jnp.nan)
+        else:
+            # l = sum_c t_c (logsumexp(x) - x_c)  =>  dl/dx = p * sum_c t_c - t.
+            g = p * jnp.sum(target, axis=-1, keepdims=True) - target
+        return scale * g
+
+    return Loss(forward, backward, name)
+
+
+def hinge(reduction: str = "mean", *, margin: float = 1.0) -> Loss:
+    """Multi-class hinge loss, PyTorch's ``MultiMarginLoss`` (p=1), from scores and class indices.
+
+    Args:
+      reduction: ``"mean"`` (over the batch: every axis but the class axis) or ``"sum"``.
+      margin: the margin the true class's score must beat the others by (default 1).
+
+    Shapes: ``scores (..., C)`` and integer ``labels (...)`` -> a scalar; ``N`` rows as in
+    :func:`softmax_cross_entropy`.
+
+    Forward, per row with true class ``y`` (note the division by ``C``)::
+
+        m_i = margin - x_y + x_i
+        l = (1 / C) * sum_{i != y} max(0, m_i)
+        loss = s * sum_rows l             s = 1/N ("mean") or 1 ("sum")
+
+    Backward (a subgradient: a margin exactly at 0 counts as inactive, as PyTorch). Each
+    active margin ``a_i = [i != y and m_i > 0]`` adds ``+1`` to ``x_i`` and ``-1`` to
+    ``x_y``::
+
+        dx_i = dloss * s / C * a_i                (i != y)
+        dx_y = -dloss * s / C * sum_i a_i         (the count of active margins)
+
+    Labels outside ``[0, C)`` cannot be checked at trace time; they give a NaN loss and a
+    NaN gradient row for that sample.
+
+    Cache: the boolean mask ``a``, the labels and the dtype (static).
+
+    >>> import jax.numpy as jnp, funcnn as fn
+    >>> loss = fn.losses.hinge(reduction="sum")
+    >>> value, cache = loss.forward(jnp.array([[2.0, 1.5, 0.0]], jnp.float32), jnp.array([0]))
+    >>> value  # (max(0, 1 - 2 + 1.5) + max(0, 1 - 2 + 0)) / 3
+    Array(0.16666667, dtype=float32)
+    >>> loss.backward(cache)
+    Array([[-0.33333334,  0.33333334,  0.        ]], dtype=float32)
+    """
+    name = "hinge"
+    reduction = _check_reduction(name, reduction)
+    if (
+        isinstance(margin, bool)
+        or not isinstance(margin, (int, float))
+        or not math.isfinite(margin)
+    ):
+        raise ValueError(f"{name}: margin must be a finite number, got {margin!r}")
+
+    def forward(scores, labels):
+        num_classes = _check_logits(name, scores)
+        check_array(name, "labels", labels)
+        if not _is_integer(labels):
+            raise TypeError(
+                f"{name}: labels must be integer class indices, got dtype {labels.dtype}"
+            )
+        _check_labels(name, scores, labels)
+        onehot = _one_hot(labels, num_classes)
+        true_score = jnp.sum(jnp.where(onehot, scores, 0), axis=-1, keepdims=True)
+        margins = margin - true_score + scores
+        active = (margins > 0) & ~onehot
+        per_row = jnp.sum(jnp.where(active, margins, 0), axis=-1) / num_classes
+        per_row = jnp.where(_valid(labels, num_classes), per_row, jnp.nan)
+        return _reduce(per_row, reduction, per_row.size), (active, labels, Static(scores.dtype))
+
+    def backward(cache, dloss=1.0):
+        active, labels, dtype = cache
+        num_classes = active.shape[-1]
+        scale = _scale(name, dloss, reduction, active.size // num_classes, dtype.value)
+        a = active.astype(dtype.value)
+        # Each active margin m_i = margin - x_y + x_i: +1 to x_i, -1 to x_y.
+        count = jnp.sum(a, axis=-1, keepdims=True)
+        g = a - _one_hot(labels, num_classes).astype(dtype.value) * count
+        g = jnp.where(_valid(labels, num_classes)[..., None], g, jnp.nan)
+        return (scale / num_classes) * g
+
+    return Loss(forward, backward, name)

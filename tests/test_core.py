@@ -238,3 +238,19 @@ def test_check_layer_catches_wrong_init_shape():
                    lambda p, c, dy: (dy, ()), name="bad")
     with pytest.raises(AssertionError, match=r"bad: init says the output shape is \(2, 99\)"):
         fn.check.check_layer(bad, (2, 3))
+
+
+def test_hyperparameter_types_are_checked_in_the_factory():
+    with pytest.raises(TypeError, match=r"leaky_relu: negative_slope must be a number, got 'a'"):
+        fn.leaky_relu("a")
+    with pytest.raises(TypeError, match=r"softmax: axis must be an int, got 1.5"):
+        fn.softmax(axis=1.5)
+    with pytest.raises(TypeError, match=r"parallel: argument 1 must be a Layer, got int"):
+        fn.parallel(fn.dense(2), 3)
+    with pytest.raises(ValueError, match=r"graph: output names must be distinct"):
+        fn.graph({"h": (fn.relu(), "input")}, output=("h", "h"))
+
+
+def test_parallel_init_error_names_the_branch(key):
+    with pytest.raises(ValueError, match=r"parallel\[1\] \(reshape\): reshape: cannot reshape"):
+        fn.parallel(fn.relu(), fn.reshape((7,))).init(key, ((2, 3), (2, 3)))

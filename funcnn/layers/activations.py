@@ -55,8 +55,8 @@ def relu() -> Layer:
     >>> import jax.numpy as jnp, funcnn as fn
     >>> layer = fn.relu()
     >>> y, mask = layer.forward((), jnp.array([-1.0, 0.0, 2.0]))
-    >>> layer.backward((), mask, jnp.ones(3))[0]
-    Array([0., 0., 1.], dtype=float32)
+    >>> print(layer.backward((), mask, jnp.ones(3))[0])
+    [0. 0. 1.]
     """
 
     def forward(x):
@@ -71,6 +71,8 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
 
     Backward: ``dx = dy * (1 if x > 0 else negative_slope)``. Cache: the mask ``x > 0``.
     """
+
+    _check_number("leaky_relu", "negative_slope", negative_slope)
 
     def forward(x):
         mask = x > 0
@@ -91,7 +93,7 @@ def elu(alpha: float = 1.0) -> Layer:
 
     Cache: ``y``.
     """
-    if not alpha > 0:
+    if not _check_number("elu", "alpha", alpha) > 0:
         raise ValueError(f"elu: alpha must be positive, got {alpha!r}")
     return _scaled_elu("elu", 1.0, alpha)
 
@@ -226,6 +228,7 @@ def softmax(axis: int = -1) -> Layer:
 
     Cache: ``y``.
     """
+    _check_int("softmax", "axis", axis)
 
     def forward(x):
         _check_axis("softmax", x, axis)
@@ -244,6 +247,7 @@ def log_softmax(axis: int = -1) -> Layer:
 
     Backward: ``dx = dy - exp(y) * sum(dy, axis)`` (``exp(y)`` is the softmax). Cache: ``y``.
     """
+    _check_int("log_softmax", "axis", axis)
 
     def forward(x):
         _check_axis("log_softmax", x, axis)
@@ -260,3 +264,15 @@ def log_softmax(axis: int = -1) -> Layer:
 def _check_axis(name: str, x, axis: int):
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{name}: axis {axis} is out of range for input of shape {tuple(x.shape)}")
+
+
+def _check_number(name: str, what: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: {what} must be a number, got {value!r}")
+    return value
+
+
+def _check_int(name: str, what: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: {what} must be an int, got {value!r}")
+    return value

@@ -96,6 +96,7 @@ def bias(*, b_init: Initializer = zeros(), dtype=jnp.float32) -> Layer:
 
     def forward(params, x):
         _check_features("bias", x, _in_features("bias", params, key="b", axis=0))
+        check_params("bias", params, {"b": (x.shape[-1],)})
         return x + _along_last(params["b"], x.ndim), ()
 
     def backward(params, cache, dy):
@@ -134,8 +135,8 @@ def dense(
     >>> params, out_shape = layer.init(jax.random.PRNGKey(0), (5, 3))
     >>> y, x_cached = layer.forward(params, jnp.ones((5, 3)))
     >>> dx, grads = layer.backward(params, x_cached, jnp.ones((5, 2)))
-    >>> grads["b"]
-    Array([5., 5.], dtype=float32)
+    >>> print(grads["b"])
+    [5. 5.]
     """
     check_positive_int("dense", "features", features)
 

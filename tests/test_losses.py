@@ -1,0 +1,560 @@
+"""Losses: backward vs jax.grad, hand-computed values, PyTorch parity, stability, errors."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from funcnn import losses
+
+REDUCTIONS = ("mean", "sum")
+ELEMENTWISE = {
+    "mse": losses.mse,
+    "l1": losses.l1,
+    "huber": losses.huber,
+    "binary_cross_entropy_with_logits": losses.binary_cross_entropy_with_logits,
+}
+CLASSIFICATION = {
+    "softmax_cross_entropy": losses.softmax_cross_entropy,
+    "hinge": losses.hinge,
+}
+FACTORIES = {**ELEMENTWISE, **CLASSIFICATION}
+
+
+def _keys(seed, n):
+    return jax.random.split(jax.random.PRNGKey(seed), n)
+
+
+def _elementwise_inputs(name, shape, seed=0):
+    k1, k2 = _keys(seed, 2)
+    pred = 2.0 * jax.random.normal(k1, shape, jnp.float64)
+    if name == "binary_cross_entropy_with_logits":
+        target = jax.random.uniform(k2, shape, jnp.float64)
+    else:
+        target = jax.random.normal(k2, shape, jnp.float64)
+    return pred, target
+
+
+def _labels(seed, shape, num_classes):
+    return jax.random.randint(jax.random.PRNGKey(seed), shape, 0, num_classes)
+
+
+def _grad_reference(loss, pred, target, dloss):
+    """dloss * the gradient of the forward, from jax.grad (the reference we check against)."""
+    return dloss * jax.grad(lambda p: loss.forward(p, target)[0])(pred)
+
+
+def _assert_matches_grad(loss, pred, target, dloss):
+    value, cache = loss.forward(pred, target)
+    ours = loss.backward(cache, dloss)
+    ref = _grad_reference(loss, pred, target, dloss)
+    assert value.shape == () and value.dtype == jnp.float64
+    assert ours.shape == pred.shape and ours.dtype == jnp.float64
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+
+
+# --- backward vs jax.grad ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(), (5,), (3, 4), (2, 3, 4)], ids=str)
+@pytest.mark.parametrize("name", ["mse", "l1", "binary_cross_entropy_with_logits"])
+def test_elementwise_backward_matches_jax_grad(name, shape, reduction):
+    pred, target = _elementwise_inputs(name, shape)
+    dloss = float(jax.random.normal(jax.random.PRNGKey(7), ()))
+    _assert_matches_grad(ELEMENTWISE[name](reduction=reduction), pred, target, dloss)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("delta", [0.5, 1.0, 2.5])
+@pytest.mark.parametrize("shape", [(), (7,), (3, 4), (2, 3, 4)], ids=str)
+def test_huber_backward_matches_jax_grad(shape, delta, reduction):
+    _, target = _elementwise_inputs("huber", shape, seed=1)
+    # d = pred - target spread over [-2.9, 3.1] * delta: both branches, no point on a kink.
+    n = int(np.prod(shape))
+    d = delta * np.linspace(-2.9, 3.1, n) if n > 1 else np.array([0.3 * delta])
+    pred = target + jnp.asarray(d.reshape(shape))
+    _assert_matches_grad(losses.huber(delta, reduction), pred, target, -1.7)
+
+
+CLASS_SHAPES = [(4,), (6, 5), (2, 3, 4), (4, 1)]  # logits shapes (..., C)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", CLASS_SHAPES, ids=str)
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "hinge"])
+def test_classification_backward_matches_jax_grad_labels(name, shape, reduction):
+    logits = 1.5 * jax.random.normal(jax.random.PRNGKey(2), shape, jnp.float64)
+    labels = _labels(3, shape[:-1], shape[-1])
+    dloss = float(jax.random.normal(jax.random.PRNGKey(4), ()))
+    _assert_matches_grad(CLASSIFICATION[name](reduction=reduction), logits, labels, dloss)
+
+
+@pytest.mark.parametrize("normalized", [True, False], ids=["probabilities", "unnormalized"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", CLASS_SHAPES, ids=str)
+def test_cross_entropy_backward_matches_jax_grad_probabilities(shape, reduction, normalized):
+    k1, k2 = _keys(5, 2)
+    logits = 3.0 * jax.random.normal(k1, shape, jnp.float64)
+    target = jax.random.uniform(k2, shape, jnp.float64)
+    if normalized:
+        target = target / target.sum(-1, keepdims=True)
+    loss = losses.softmax_cross_entropy(reduction)
+    _assert_matches_grad(loss, logits, target, 0.37)
+
+
+def test_hinge_margin_backward_matches_jax_grad():
+    logits = jax.random.normal(jax.random.PRNGKey(6), (8, 5), jnp.float64)
+    labels = _labels(7, (8,), 5)
+    for margin in (0.0, 0.3, 2.0):
+        _assert_matches_grad(losses.hinge(margin=margin), logits, labels, 1.3)
+
+
+# --- values computed by hand --------------------------------------------------------------
+
+
+def _value_and_grad(loss, pred, target, dloss=1.0):
+    value, cache = loss.forward(jnp.asarray(pred), jnp.asarray(target))
+    return float(value), np.asarray(loss.backward(cache, dloss))
+
+
+PRED = np.array([[1.0, -2.0, 0.5], [3.0, 0.0, -0.25]])
+TARGET = np.array([[0.0, -1.0, 2.0], [1.0, 0.0, 0.75]])
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_mse_by_hand(reduction):
+    d = PRED - TARGET
+    s = 1 / d.size if reduction == "mean" else 1.0
+    value, grad = _value_and_grad(losses.mse(reduction), PRED, TARGET, dloss=2.0)
+    np.testing.assert_allclose(value, s * np.sum(d**2), rtol=1e-14)
+    np.testing.assert_allclose(grad, 2.0 * s * 2 * d, rtol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_l1_by_hand(reduction):
+    d = PRED - TARGET
+    s = 1 / d.size if reduction == "mean" else 1.0
+    value, grad = _value_and_grad(losses.l1(reduction), PRED, TARGET)
+    np.testing.assert_allclose(value, s * np.sum(np.abs(d)), rtol=1e-14)
+    expected = s * np.array([[1.0, -1.0, -1.0], [1.0, 0.0, -1.0]])  # sign(0) = 0
+    np.testing.assert_allclose(grad, expected, rtol=1e-14)
+
+
+@pytest.mark.parametrize("delta", [0.5, 1.0, 1.5])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_huber_by_hand(reduction, delta):
+    d = (PRED - TARGET).ravel()
+    s = 1 / d.size if reduction == "mean" else 1.0
+    h = [0.5 * x * x if abs(x) <= delta else delta * (abs(x) - 0.5 * delta) for x in d]
+    dh = [x if abs(x) <= delta else delta * np.sign(x) for x in d]
+    value, grad = _value_and_grad(losses.huber(delta, reduction), PRED, TARGET)
+    np.testing.assert_allclose(value, s * sum(h), rtol=1e-14)
+    np.testing.assert_allclose(grad.ravel(), s * np.array(dh), rtol=1e-14)
+
+
+def test_huber_at_the_kink_is_continuous():
+    # |d| == delta: both branches give 0.5 delta^2 and the gradient delta * sign(d).
+    value, grad = _value_and_grad(losses.huber(2.0, "sum"), np.array([2.0, -2.0]), np.zeros(2))
+    assert value == pytest.approx(4.0)
+    np.testing.assert_allclose(grad, [2.0, -2.0])
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_with_logits_by_hand(reduction):
+    x, t = PRED, np.array([[0.0, 1.0, 0.3], [1.0, 0.5, 0.0]])
+    sig = 1 / (1 + np.exp(-x))
+    s = 1 / x.size if reduction == "mean" else 1.0
+    naive = -(t * np.log(sig) + (1 - t) * np.log(1 - sig))
+    value, grad = _value_and_grad(losses.binary_cross_entropy_with_logits(reduction), x, t)
+    np.testing.assert_allclose(value, s * naive.sum(), rtol=1e-13)
+    np.testing.assert_allclose(grad, s * (sig - t), rtol=1e-13)
+
+
+def test_bce_with_logits_accepts_integer_targets():
+    x = np.array([0.5, -1.0, 2.0])
+    loss = losses.binary_cross_entropy_with_logits()
+    v_int, g_int = _value_and_grad(loss, x, np.array([1, 0, 1]))
+    v_float, g_float = _value_and_grad(loss, x, np.array([1.0, 0.0, 1.0]))
+    assert v_int == v_float
+    np.testing.assert_array_equal(g_int, g_float)
+
+
+LOGITS = np.array([[1.0, 2.0, 0.5, -1.0], [0.0, -0.5, 3.0, 1.0], [2.0, 2.0, 2.0, 2.0]])
+LABELS = np.array([1, 3, 0])
+
+
+def _naive_log_softmax(x):
+    return np.log(np.exp(x) / np.exp(x).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_labels_by_hand(reduction):
+    n, c = LOGITS.shape
+    s = 1 / n if reduction == "mean" else 1.0
+    log_p = _naive_log_softmax(LOGITS)
+    onehot = np.eye(c)[LABELS]
+    value, grad = _value_and_grad(losses.softmax_cross_entropy(reduction), LOGITS, LABELS)
+    np.testing.assert_allclose(value, -s * log_p[np.arange(n), LABELS].sum(), rtol=1e-13)
+    np.testing.assert_allclose(grad, s * (np.exp(log_p) - onehot), rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_probabilities_by_hand(reduction):
+    n, _ = LOGITS.shape
+    s = 1 / n if reduction == "mean" else 1.0
+    t = np.array([[0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 1.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
+    log_p = _naive_log_softmax(LOGITS)
+    value, grad = _value_and_grad(losses.softmax_cross_entropy(reduction), LOGITS, t)
+    np.testing.assert_allclose(value, -s * (t * log_p).sum(), rtol=1e-13)
+    np.testing.assert_allclose(grad, s * (np.exp(log_p) - t), rtol=1e-13, atol=1e-15)
+
+
+def test_cross_entropy_one_hot_equals_labels():
+    loss = losses.softmax_cross_entropy()
+    one_hot = np.eye(LOGITS.shape[1])[LABELS]
+    v_labels, g_labels = _value_and_grad(loss, LOGITS, LABELS)
+    v_onehot, g_onehot = _value_and_grad(loss, LOGITS, one_hot)
+    np.testing.assert_allclose(v_labels, v_onehot, rtol=1e-14)
+    np.testing.assert_allclose(g_labels, g_onehot, rtol=1e-14, atol=1e-16)
+
+
+def test_cross_entropy_leading_axes_equal_flattened():
+    logits = np.random.default_rng(0).normal(size=(2, 3, 5))
+    labels = np.random.default_rng(1).integers(0, 5, size=(2, 3))
+    loss = losses.softmax_cross_entropy()
+    v, g = _value_and_grad(loss, logits, labels)
+    v_flat, g_flat = _value_and_grad(loss, logits.reshape(6, 5), labels.reshape(6))
+    np.testing.assert_allclose(v, v_flat, rtol=1e-14)
+    np.testing.assert_allclose(g.reshape(6, 5), g_flat, rtol=1e-14)
+
+
+def test_cross_entropy_unbatched():
+    # logits (C,) with a 0-d label: one row, "mean" divides by 1.
+    v, g = _value_and_grad(losses.softmax_cross_entropy(), LOGITS[0], np.array(1))
+    v_batch, g_batch = _value_and_grad(losses.softmax_cross_entropy(), LOGITS[:1], LABELS[:1])
+    assert v == pytest.approx(v_batch, rel=1e-14)
+    np.testing.assert_allclose(g, g_batch[0], rtol=1e-14)
+
+
+def _hinge_by_loops(x, y, margin=1.0):
+    """Per-row loss and gradient of MultiMarginLoss, written with plain loops."""
+    n, c = x.shape
+    values, grads = np.zeros(n), np.zeros((n, c))
+    for r in range(n):
+        for i in range(c):
+            if i == y[r]:
+                continue
+            m = margin - x[r, y[r]] + x[r, i]
+            if m > 0:
+                values[r] += m / c
+                grads[r, i] += 1 / c
+                grads[r, y[r]] -= 1 / c
+    return values, grads
+
+
+@pytest.mark.parametrize("margin", [1.0, 0.5])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_hinge_by_hand(reduction, margin):
+    values, grads = _hinge_by_loops(LOGITS, LABELS, margin)
+    s = 1 / len(LABELS) if reduction == "mean" else 1.0
+    value, grad = _value_and_grad(losses.hinge(reduction, margin=margin), LOGITS, LABELS, 3.0)
+    np.testing.assert_allclose(value, s * values.sum(), rtol=1e-14)
+    np.testing.assert_allclose(grad, 3.0 * s * grads, rtol=1e-14)
+
+
+def test_hinge_margin_exactly_zero_is_inactive():
+    # m_1 = 1 - 2 + 1 = 0: contributes nothing to the loss or the gradient (as PyTorch).
+    value, grad = _value_and_grad(losses.hinge("sum"), np.array([[2.0, 1.0]]), np.array([0]))
+    assert value == 0.0
+    np.testing.assert_array_equal(grad, [[0.0, 0.0]])
+
+
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "hinge"])
+def test_out_of_range_labels_give_nan(name):
+    loss = CLASSIFICATION[name]()
+    for bad in (-1, 4):
+        value, grad = _value_and_grad(loss, LOGITS, np.array([1, bad, 0]))
+        assert np.isnan(value)
+        assert np.isnan(grad[1]).all()
+        assert np.isfinite(grad[[0, 2]]).all()
+
+
+# --- PyTorch parity ----------------------------------------------------------------------
+
+
+def _torch_value_and_grad(torch_loss, pred, target, target_dtype=None):
+    torch = pytest.importorskip("torch")
+    p = torch.tensor(np.asarray(pred), dtype=torch.float64, requires_grad=True)
+    t = torch.tensor(np.asarray(target), dtype=target_dtype or torch.float64)
+    value = torch_loss(p, t)
+    value.backward()
+    return value.item(), p.grad.numpy()
+
+
+def _compare_with_torch(ours, torch_loss, pred, target, target_dtype=None):
+    v_ref, g_ref = _torch_value_and_grad(torch_loss, pred, target, target_dtype)
+    v, g = _value_and_grad(ours, pred, target)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_regression_match_torch(reduction):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    pred, target = rng.normal(size=(4, 3, 2)) * 2, rng.normal(size=(4, 3, 2))
+    nn = torch.nn
+    _compare_with_torch(losses.mse(reduction), nn.MSELoss(reduction=reduction), pred, target)
+    _compare_with_torch(losses.l1(reduction), nn.L1Loss(reduction=reduction), pred, target)
+    for delta in (0.3, 1.0, 2.0):
+        _compare_with_torch(
+            losses.huber(delta, reduction),
+            nn.HuberLoss(reduction=reduction, delta=delta),
+            pred,
+            target,
+        )
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_bce_with_logits_matches_torch(reduction):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    x, t = rng.normal(size=(5, 4)) * 5, rng.uniform(size=(5, 4))
+    ours = losses.binary_cross_entropy_with_logits(reduction)
+    _compare_with_torch(ours, torch.nn.BCEWithLogitsLoss(reduction=reduction), x, t)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_cross_entropy_matches_torch(reduction):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    ce = torch.nn.CrossEntropyLoss(reduction=reduction)
+    ours = losses.softmax_cross_entropy(reduction)
+    logits, labels = rng.normal(size=(6, 5)) * 3, rng.integers(0, 5, size=6)
+    _compare_with_torch(ours, ce, logits, labels, torch.int64)
+    probs = rng.dirichlet(np.ones(5), size=6)
+    _compare_with_torch(ours, ce, logits, probs)
+    unnormalized = rng.uniform(size=(6, 5))  # PyTorch does not require rows to sum to 1
+    _compare_with_torch(ours, ce, logits, unnormalized)
+
+
+def test_cross_entropy_leading_axes_match_torch():
+    # PyTorch puts the class axis at 1: (N, C, d) there is our (N, d, C).
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    logits, labels = rng.normal(size=(2, 3, 4)), rng.integers(0, 4, size=(2, 3))
+
+    def torch_ce(p, t):
+        return torch.nn.functional.cross_entropy(p.movedim(-1, 1), t)
+
+    _compare_with_torch(losses.softmax_cross_entropy(), torch_ce, logits, labels, torch.int64)
+
+
+@pytest.mark.parametrize("margin", [1.0, 0.4])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_hinge_matches_torch(reduction, margin):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    logits, labels = rng.normal(size=(8, 5)), rng.integers(0, 5, size=8)
+    ref = torch.nn.MultiMarginLoss(p=1, margin=margin, reduction=reduction)
+    ours = losses.hinge(reduction, margin=margin)
+    _compare_with_torch(ours, ref, logits, labels, torch.int64)
+
+
+# --- numerical stability -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_cross_entropy_stable_for_huge_logits(dtype):
+    logits = jnp.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]], dtype)
+    loss = losses.softmax_cross_entropy()
+    value, cache = loss.forward(logits, jnp.array([1, 2]))
+    grad = loss.backward(cache)
+    assert value.dtype == dtype and grad.dtype == dtype
+    # Row 0: logsumexp = 1e4, loss 2e4. Row 1: loss exp(-2e4)-tiny, i.e. 0. Mean: 1e4.
+    np.testing.assert_allclose(value, 1e4, rtol=1e-6)
+    expected = np.array([[1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]) / 2
+    np.testing.assert_allclose(grad, expected, atol=1e-7)
+    # Probability targets: the same numbers from one-hot rows.
+    value_p, cache_p = loss.forward(logits, jnp.eye(3, dtype=dtype)[jnp.array([1, 2])])
+    np.testing.assert_allclose(value_p, 1e4, rtol=1e-6)
+    np.testing.assert_allclose(loss.backward(cache_p), expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_bce_with_logits_stable_for_huge_logits(dtype):
+    x = jnp.array([1e4, 1e4, -1e4, -1e4], dtype)
+    t = jnp.array([0.0, 1.0, 0.0, 1.0], dtype)
+    loss = losses.binary_cross_entropy_with_logits("sum")
+    value, cache = loss.forward(x, t)
+    grad = loss.backward(cache)
+    assert value.dtype == dtype and grad.dtype == dtype
+    np.testing.assert_allclose(value, 2e4, rtol=1e-6)
+    np.testing.assert_allclose(grad, [1.0, 0.0, 0.0, -1.0], atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_hinge_finite_for_huge_logits(dtype):
+    x = jnp.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 0.0]], dtype)
+    loss = losses.hinge("sum")
+    value, cache = loss.forward(x, jnp.array([0, 0]))
+    grad = loss.backward(cache)
+    # Row 0 has no active margin; row 1: (1 + 2e4) + (1 + 1e4), over C = 3.
+    np.testing.assert_allclose(value, (2 + 3e4) / 3, rtol=1e-6)
+    np.testing.assert_allclose(grad, np.array([[0, 0, 0], [-2, 1, 1]]) / 3, rtol=1e-6)
+
+
+# --- dtypes, jit, dloss ------------------------------------------------------------------
+
+
+def _example_inputs(name, dtype):
+    k1, k2 = _keys(11, 2)
+    pred = jax.random.normal(k1, (4, 3), dtype)
+    if name in CLASSIFICATION:
+        return pred, _labels(12, (4,), 3)
+    return pred, jax.random.uniform(k2, (4, 3), jnp.float64)  # float64 target on purpose
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_float32_pred_gives_float32_loss_and_grad(name):
+    loss = FACTORIES[name]()
+    pred, target = _example_inputs(name, jnp.float32)
+    value, cache = loss.forward(pred, target)
+    grad = loss.backward(cache, jnp.asarray(2.0, jnp.float64))
+    assert value.dtype == jnp.float32 and grad.dtype == jnp.float32
+    assert grad.shape == pred.shape
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_jit_equals_eager(name, reduction):
+    loss = FACTORIES[name](reduction=reduction)
+    pred, target = _example_inputs(name, jnp.float64)
+    value, cache = loss.forward(pred, target)
+    grad = loss.backward(cache, 0.5)
+    value_jit, cache_jit = jax.jit(loss.forward)(pred, target)
+    grad_jit = jax.jit(loss.backward)(cache_jit, 0.5)
+    np.testing.assert_allclose(value_jit, value, rtol=1e-13)
+    np.testing.assert_allclose(grad_jit, grad, rtol=1e-13, atol=1e-15)
+
+    @jax.jit
+    def value_and_grad(pred, target, dloss):
+        value, cache = loss.forward(pred, target)
+        return value, loss.backward(cache, dloss)
+
+    value_vg, grad_vg = value_and_grad(pred, target, 0.5)
+    np.testing.assert_allclose(value_vg, value, rtol=1e-13)
+    np.testing.assert_allclose(grad_vg, grad, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_backward_is_linear_in_dloss(name):
+    loss = FACTORIES[name]()
+    pred, target = _example_inputs(name, jnp.float64)
+    _, cache = loss.forward(pred, target)
+    np.testing.assert_allclose(
+        loss.backward(cache, -3.0), -3.0 * loss.backward(cache), rtol=1e-14, atol=1e-16
+    )
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["avg", "none", None, 1])
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_bad_reduction(name, bad):
+    with pytest.raises(ValueError, match=rf"^{name}: reduction must be 'mean' or 'sum', got"):
+        FACTORIES[name](reduction=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "1"])
+def test_huber_bad_delta(bad):
+    with pytest.raises(ValueError, match=r"^huber: delta must be a positive finite number"):
+        losses.huber(delta=bad)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), None])
+def test_hinge_bad_margin(bad):
+    with pytest.raises(ValueError, match=r"^hinge: margin must be a finite number"):
+        losses.hinge(margin=bad)
+
+
+@pytest.mark.parametrize("name", sorted(ELEMENTWISE))
+def test_elementwise_shape_mismatch_is_an_error(name):
+    loss = ELEMENTWISE[name]()
+    for pred_shape, target_shape in [((4, 3), (3,)), ((4, 1), (4,)), ((4,), (4, 1))]:
+        msg = f"{name}: pred and target must have the same shape (no broadcasting), "
+        msg += f"got pred of shape {pred_shape} and target of shape {target_shape}"
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            loss.forward(jnp.zeros(pred_shape), jnp.zeros(target_shape))
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_integer_pred_is_an_error(name):
+    with pytest.raises(TypeError, match=rf"^{name}: .* must be a floating-point array"):
+        FACTORIES[name]().forward(jnp.zeros((2, 3), jnp.int32), jnp.zeros((2, 3), jnp.int32))
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFICATION))
+def test_wrong_label_shape_is_an_error(name):
+    loss = CLASSIFICATION[name]()
+    msg = (
+        f"{name}: integer labels must have shape (4,) (the logits' shape (4, 3) without "
+        "the class axis), got labels of shape "
+    )
+    for shape in [(3,), (4, 1), (1, 4), ()]:
+        with pytest.raises(ValueError, match=re.escape(msg + str(shape))):
+            loss.forward(jnp.zeros((4, 3)), jnp.zeros(shape, jnp.int32))
+
+
+def test_cross_entropy_float_labels_point_to_integer_indices():
+    msg = (
+        "softmax_cross_entropy: float targets are class probabilities and must have the "
+        "logits' shape (4, 3), got target of shape (4,). For class indices pass an integer "
+        "array of shape (4,)."
+    )
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        losses.softmax_cross_entropy().forward(jnp.zeros((4, 3)), jnp.array([0.0, 1, 2, 0]))
+
+
+def test_cross_entropy_bool_target_is_an_error():
+    with pytest.raises(TypeError, match=r"^softmax_cross_entropy: target must be integer"):
+        losses.softmax_cross_entropy().forward(jnp.zeros((2, 3)), jnp.zeros((2, 3), bool))
+
+
+def test_hinge_float_labels_are_an_error():
+    with pytest.raises(TypeError, match=r"^hinge: labels must be integer class indices"):
+        losses.hinge().forward(jnp.zeros((2, 3)), jnp.zeros((2,)))
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFICATION))
+def test_scalar_or_empty_class_axis_is_an_error(name):
+    loss = CLASSIFICATION[name]()
+    with pytest.raises(ValueError, match=rf"^{name}: logits must have at least 1 axes"):
+        loss.forward(jnp.zeros(()), jnp.zeros((), jnp.int32))
+    with pytest.raises(ValueError, match=rf"^{name}: logits need at least one class"):
+        loss.forward(jnp.zeros((2, 0)), jnp.zeros((2,), jnp.int32))
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_non_array_target_is_an_error(name):
+    with pytest.raises(TypeError, match=rf"^{name}: (target|labels) must be an array"):
+        FACTORIES[name]().forward(jnp.zeros((2, 3)), [[0.0] * 3] * 2)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_non_scalar_dloss_is_an_error(name):
+    loss = FACTORIES[name]()
+    _, cache = loss.forward(*_example_inputs(name, jnp.float64))
+    with pytest.raises(ValueError, match=rf"^{name}: dloss must be a scalar .* got shape \(3,\)"):
+        loss.backward(cache, jnp.ones(3))
+
+
+def test_public_names():
+    assert sorted(losses.__all__) == sorted(FACTORIES)
+    for name, factory in FACTORIES.items():
+        assert factory().name == name
+        assert repr(factory()) == f"Loss({name!r})"
