@@ -25,9 +25,12 @@ def test_jit_forward_then_backward_with_static_cache(key):
     assert dx.shape == (4, 5)
 
 
-def test_relu_caches_a_boolean_mask_and_has_zero_derivative_at_zero():
+def test_relu_caches_a_packed_bit_mask_and_has_zero_derivative_at_zero():
     y, mask = fn.relu().forward((), jnp.array([-1.0, 0.0, 3.0]))
-    assert mask.dtype == jnp.bool_
+    bits, shape = mask
+    assert bits.dtype == jnp.uint8 and bits.shape == (1,) and shape.value == (3,)
+    big = fn.relu().forward((), jnp.ones((4, 100), jnp.float32))[1][0]
+    assert big.nbytes == 50  # 400 elements, one bit each
     dx, _ = fn.relu().backward((), mask, jnp.array([5.0, 5.0, 5.0]))
     np.testing.assert_array_equal(dx, [0.0, 0.0, 5.0])
 

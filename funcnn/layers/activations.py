@@ -13,7 +13,7 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
-from funcnn.core import Layer, check_float, check_input_shape, check_no_params
+from funcnn.core import Layer, Static, check_float, check_input_shape, check_no_params
 
 
 def _activation(
@@ -50,7 +50,8 @@ def relu() -> Layer:
 
     Backward: ``dx = dy * [x > 0]`` (the derivative at 0 is taken as 0, as PyTorch does).
 
-    Cache: the boolean mask ``x > 0`` (one byte per element instead of the input's four).
+    Cache: the mask ``x > 0`` packed eight elements per byte, 1/32 of a float32 input's
+    bytes (autodiff keeps a float array here).
 
     >>> import jax.numpy as jnp, funcnn as fn
     >>> layer = fn.relu()
@@ -61,26 +62,39 @@ def relu() -> Layer:
 
     def forward(x):
         mask = x > 0
-        return jnp.where(mask, x, 0), mask
+        return jnp.where(mask, x, 0), pack_mask(mask)
 
-    return _activation("relu", forward, lambda mask, dy: jnp.where(mask, dy, 0))
+    return _activation("relu", forward, lambda packed, dy: jnp.where(unpack_mask(packed), dy, 0))
 
 
 def leaky_relu(negative_slope: float = 0.01) -> Layer:
     """``y = x`` for ``x > 0``, else ``negative_slope * x``.
 
-    Backward: ``dx = dy * (1 if x > 0 else negative_slope)``. Cache: the mask ``x > 0``.
-    """
+    Backward: ``dx = dy * (1 if x > 0 else negative_slope)``.
 
+    Cache: the mask ``x > 0``, packed eight elements per byte.
+    """
     _check_number("leaky_relu", "negative_slope", negative_slope)
 
     def forward(x):
         mask = x > 0
-        return jnp.where(mask, x, negative_slope * x), mask
+        return jnp.where(mask, x, negative_slope * x), pack_mask(mask)
 
-    return _activation(
-        "leaky_relu", forward, lambda mask, dy: jnp.where(mask, dy, negative_slope * dy)
-    )
+    def backward(packed, dy):
+        return jnp.where(unpack_mask(packed), dy, negative_slope * dy)
+
+    return _activation("leaky_relu", forward, backward)
+
+
+def pack_mask(mask) -> tuple[jnp.ndarray, Static]:
+    """Store a boolean array in 1 bit per element (``jnp.packbits``) plus its static shape."""
+    return jnp.packbits(mask.reshape(-1)), Static(mask.shape)
+
+
+def unpack_mask(packed) -> jnp.ndarray:
+    """The inverse of :func:`pack_mask`."""
+    bits, shape = packed
+    return jnp.unpackbits(bits, count=math.prod(shape.value)).reshape(shape.value).astype(bool)
 
 
 def elu(alpha: float = 1.0) -> Layer:
