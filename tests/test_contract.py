@@ -35,7 +35,8 @@ def test_float32_in_float32_out(case):
     layer = case.make()
     params, state, _ = fn.init_layer(layer, jax.random.PRNGKey(0), case.input_shape)
     x = _x_for(case, jax.random.PRNGKey(1), jnp.float32)
-    y, cache, _ = fn.apply_layer(layer, params, x, state, fn.Ctx(jax.random.PRNGKey(2), True))
+    ctx = fn.Ctx(jax.random.PRNGKey(2), case.train)
+    y, cache, _ = fn.apply_layer(layer, params, x, state, ctx)
     dx, dparams = layer.backward(params, cache, jax.tree_util.tree_map(jnp.ones_like, y))
     for leaf in jax.tree_util.tree_leaves((y, dx)):
         assert leaf.dtype == jnp.float32, case.id
@@ -59,7 +60,7 @@ def test_jitted_forward_does_not_retrace(case):
 
     for seed in (1, 2):
         x = _x_for(case, jax.random.PRNGKey(seed), jnp.float32)
-        y, cache, _ = forward(params, x, state, fn.Ctx(jax.random.PRNGKey(seed), True))
+        y, cache, _ = forward(params, x, state, fn.Ctx(jax.random.PRNGKey(seed), case.train))
         layer.backward(params, cache, jax.tree_util.tree_map(jnp.ones_like, y))
     assert len(traces) == 1
 

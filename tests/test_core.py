@@ -26,7 +26,7 @@ def test_jit_forward_then_backward_with_static_cache(key):
 
 
 def test_relu_caches_a_packed_bit_mask_and_has_zero_derivative_at_zero():
-    y, mask = fn.relu().forward((), jnp.array([-1.0, 0.0, 3.0]))
+    _y, mask = fn.relu().forward((), jnp.array([-1.0, 0.0, 3.0]))
     bits, shape = mask
     assert bits.dtype == jnp.uint8 and bits.shape == (1,) and shape.value == (3,)
     big = fn.relu().forward((), jnp.ones((4, 100), jnp.float32))[1][0]
@@ -35,18 +35,21 @@ def test_relu_caches_a_packed_bit_mask_and_has_zero_derivative_at_zero():
     np.testing.assert_array_equal(dx, [0.0, 0.0, 5.0])
 
 
-@pytest.mark.parametrize(("layer", "reference"), [
-    (fn.gelu(), lambda x: jax.nn.gelu(x, approximate=False)),
-    (fn.gelu(approximate=True), lambda x: jax.nn.gelu(x, approximate=True)),
-    (fn.leaky_relu(), lambda x: jax.nn.leaky_relu(x, 0.01)),
-    (fn.elu(), jax.nn.elu),
-    (fn.selu(), jax.nn.selu),
-    (fn.softplus(), jax.nn.softplus),
-    (fn.silu(), jax.nn.silu),
-    (fn.sigmoid(), jax.nn.sigmoid),
-    (fn.softmax(), jax.nn.softmax),
-    (fn.log_softmax(), jax.nn.log_softmax),
-])
+@pytest.mark.parametrize(
+    ("layer", "reference"),
+    [
+        (fn.gelu(), lambda x: jax.nn.gelu(x, approximate=False)),
+        (fn.gelu(approximate=True), lambda x: jax.nn.gelu(x, approximate=True)),
+        (fn.leaky_relu(), lambda x: jax.nn.leaky_relu(x, 0.01)),
+        (fn.elu(), jax.nn.elu),
+        (fn.selu(), jax.nn.selu),
+        (fn.softplus(), jax.nn.softplus),
+        (fn.silu(), jax.nn.silu),
+        (fn.sigmoid(), jax.nn.sigmoid),
+        (fn.softmax(), jax.nn.softmax),
+        (fn.log_softmax(), jax.nn.log_softmax),
+    ],
+)
 def test_activation_values_match_jax_nn(layer, reference):
     x = jnp.linspace(-30.0, 30.0, 61, dtype=jnp.float64).reshape(1, -1)
     np.testing.assert_allclose(layer.forward((), x)[0], reference(x), rtol=1e-12, atol=1e-14)
@@ -71,7 +74,7 @@ def test_fan_out_sums_cotangents():
 
 def test_fan_in_sum_copies_and_concat_splits():
     a, b = jnp.ones((2, 3)), jnp.ones((2, 2))
-    y, cache = fn.fan_in_concat().forward((), (a, b))
+    _y, cache = fn.fan_in_concat().forward((), (a, b))
     da, db = fn.fan_in_concat().backward((), cache, jnp.arange(10.0).reshape(2, 5))[0]
     np.testing.assert_array_equal(da, [[0, 1, 2], [5, 6, 7]])
     np.testing.assert_array_equal(db, [[3, 4], [8, 9]])
@@ -107,12 +110,12 @@ def test_wide_lifting_threads_state_and_keys(key):
     counter = fn.Layer(init, forward, lambda p, c, dy: (dy, ()), name="counter", wide=True)
     model = fn.sequential(fn.dense(2), counter, fn.sequential(fn.relu(), counter))
     assert model.wide and not fn.sequential(fn.dense(2)).wide
-    params, state, shape = model.init(key, (3, 4))
+    params, state, _shape = model.init(key, (3, 4))
     assert state == ((), {"calls": 0}, ((), {"calls": 0}))
     y, cache, new_state = model.forward(params, jnp.ones((3, 4)), state, Ctx(key, True))
     assert new_state[1]["calls"] == 1 and new_state[2][1]["calls"] == 1
     assert not jnp.array_equal(jax.random.key_data(seen[0]), jax.random.key_data(seen[1]))
-    dx, grads = model.backward(params, cache, jnp.ones_like(y))
+    _dx, grads = model.backward(params, cache, jnp.ones_like(y))
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
 
 
@@ -128,10 +131,11 @@ def test_summary_lists_children():
 
 
 def test_graph_sums_fan_out_cotangents(key):
-    g = fn.graph({"a": (fn.identity(), "input"), "s": (fn.fan_in_sum(), ("a", "a", "input"))},
-                 output="s")
+    g = fn.graph(
+        {"a": (fn.identity(), "input"), "s": (fn.fan_in_sum(), ("a", "a", "input"))}, output="s"
+    )
     params, _ = g.init(key, (2,))
-    y, cache = g.forward(params, jnp.ones(2))
+    _y, cache = g.forward(params, jnp.ones(2))
     dx, _ = g.backward(params, cache, jnp.ones(2))
     np.testing.assert_array_equal(dx, [3.0, 3.0])
 
@@ -156,7 +160,9 @@ def test_dense_wrong_params(key):
     params, _ = fn.dense(4).init(key, (2, 3))
     with pytest.raises(TypeError, match=r"dense: params must be a dict holding 'w'"):
         fn.dense(4).forward((), jnp.ones((2, 3)))
-    with pytest.raises(ValueError, match=r"dense: params\['w'\] must have shape \(3, 5\).*\(3, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"dense: params\['w'\] must have shape \(3, 5\).*\(3, 4\)"
+    ):
         fn.dense(5).forward(params, jnp.ones((2, 3)))
     with pytest.raises(TypeError, match=r"dense: params must be a dict with keys \['b', 'w'\]"):
         fn.dense(4).forward({"w": params["w"]}, jnp.ones((2, 3)))
@@ -175,16 +181,22 @@ def test_bad_hyperparameters_fail_in_the_factory():
 
 def test_sequential_error_names_the_position(key):
     model = fn.sequential(fn.dense(4), fn.reshape((3, 3)))
-    with pytest.raises(ValueError, match=r"sequential\[1\] \(reshape\): reshape: cannot reshape "
-                                         r"input of shape \(2, 4\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"sequential\[1\] \(reshape\): reshape: cannot reshape "
+        r"input of shape \(2, 4\)",
+    ):
         model.init(key, (2, 5))
 
 
 def test_sequential_params_structure(key):
     model = fn.sequential(fn.dense(4), fn.relu())
     params, _ = model.init(key, (2, 3))
-    with pytest.raises(TypeError, match=r"sequential: params must be a tuple with one entry per "
-                                        r"child \(2\), got tuple of length 1"):
+    with pytest.raises(
+        TypeError,
+        match=r"sequential: params must be a tuple with one entry per "
+        r"child \(2\), got tuple of length 1",
+    ):
         model.forward(params[:1], jnp.ones((2, 3)))
 
 
@@ -197,8 +209,11 @@ def test_parallel_and_fan_in_wrong_number_of_inputs(key):
         par.forward(params, (jnp.ones(3),) * 3)
     with pytest.raises(ValueError, match=r"fan_in_sum: expected a tuple of 2 inputs"):
         fn.fan_in_sum(2).forward((), (jnp.ones(3),))
-    with pytest.raises(ValueError, match=r"fan_in_sum: all inputs must have the same shape, "
-                                         r"got \[\(2, 3\), \(2, 1\)\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"fan_in_sum: all inputs must have the same shape, "
+        r"got \[\(2, 3\), \(2, 1\)\]",
+    ):
         fn.fan_in_sum().forward((), (jnp.ones((2, 3)), jnp.ones((2, 1))))
     with pytest.raises(ValueError, match=r"fan_in_concat: inputs must agree on every axis but -1"):
         fn.fan_in_concat().init(key, ((2, 3), (4, 3)))
@@ -237,8 +252,9 @@ def test_check_layer_catches_a_wrong_backward():
 
 
 def test_check_layer_catches_wrong_init_shape():
-    bad = fn.Layer(lambda k, s: ((), (s[0], 99)), lambda p, x: (x, ()),
-                   lambda p, c, dy: (dy, ()), name="bad")
+    bad = fn.Layer(
+        lambda k, s: ((), (s[0], 99)), lambda p, x: (x, ()), lambda p, c, dy: (dy, ()), name="bad"
+    )
     with pytest.raises(AssertionError, match=r"bad: init says the output shape is \(2, 99\)"):
         fn.check.check_layer(bad, (2, 3))
 

@@ -7,8 +7,15 @@ import funcnn as fn
 from funcnn import layers
 from tests.registry import all_cases
 
-COMBINATORS = ["sequential", "parallel", "fan_out", "fan_in_sum", "fan_in_concat", "residual",
-               "graph"]
+COMBINATORS = [
+    "sequential",
+    "parallel",
+    "fan_out",
+    "fan_in_sum",
+    "fan_in_concat",
+    "residual",
+    "graph",
+]
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 
 

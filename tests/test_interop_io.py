@@ -16,8 +16,12 @@ def test_to_jax_uses_our_backward(key):
     """jax.grad through to_jax(layer) calls the hand-written backward, not autodiff."""
     calls = []
     relu = fn.relu()
-    spy = fn.Layer(relu.init, relu.forward,
-                   lambda p, c, dy: (calls.append(1), relu.backward(p, c, dy))[1], name="spy")
+    spy = fn.Layer(
+        relu.init,
+        relu.forward,
+        lambda p, c, dy: (calls.append(1), relu.backward(p, c, dy))[1],
+        name="spy",
+    )
     model = fn.sequential(fn.dense(3), spy, fn.dense(1))
     params, _ = model.init(key, (4, 2))
     x = jax.random.normal(key, (4, 2))
@@ -43,7 +47,7 @@ def test_to_jax_wide_returns_state(key):
     params, state, _ = layer.init(key, (3,))
     f = to_jax(layer)
     x = jnp.arange(3.0)
-    (y, new_state) = f(params, x, state, fn.Ctx(key, True))
+    (_y, new_state) = f(params, x, state, fn.Ctx(key, True))
     assert new_state["n"] == 1
     g = jax.grad(lambda p: f(p, x, state, fn.Ctx(key, True))[0].sum())(params)
     np.testing.assert_allclose(g["s"], x.sum())
@@ -69,8 +73,9 @@ def test_save_load_roundtrip(tmp_path, key):
     path = os.fspath(tmp_path / "params.npz")
     save(path, params)
     loaded = load(path, like=params)
-    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params),
-                    strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     assert [p.name for p in tmp_path.iterdir()] == ["params.npz"]  # no temp file left
 

@@ -46,7 +46,7 @@ def _check_number(name: str, what: str, value, rule: str, ok) -> float:
 
 
 def _as_vector_shape(v, ndim: int):
-    """View a ``(C,)`` vector as ``(1, ..., 1, C)`` so it broadcasts over leading axes explicitly."""
+    """View a ``(C,)`` vector as ``(1, ..., 1, C)`` to broadcast over leading axes explicitly."""
     return v.reshape((1,) * (ndim - 1) + v.shape)
 
 
@@ -190,9 +190,7 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
             # remove the components of dy along the constant direction and along xhat.
             m = dy2.shape[0]
             dx = (g / m) * (
-                m * dy
-                - _as_vector_shape(doffset, ndim)
-                - xhat * _as_vector_shape(dscale, ndim)
+                m * dy - _as_vector_shape(doffset, ndim) - xhat * _as_vector_shape(dscale, ndim)
             )
         dparams = {
             "scale": dscale.astype(params["scale"].dtype),
@@ -213,9 +211,7 @@ def _params_features(name: str, params) -> int:
         )
     scale_shape = tuple(params["scale"].shape)
     if len(scale_shape) != 1:
-        raise ValueError(
-            f"{name}: params['scale'] must have shape (features,), got {scale_shape}"
-        )
+        raise ValueError(f"{name}: params['scale'] must have shape (features,), got {scale_shape}")
     return scale_shape[0]
 
 
@@ -272,14 +268,17 @@ def layernorm(eps: float = 1e-5, axis: int | tuple[int, ...] = -1, *, dtype=jnp.
     >>> from funcnn.layers.normalization import layernorm
     >>> layer = layernorm()
     >>> params, out_shape = layer.init(jax.random.PRNGKey(0), (2, 3))
-    >>> y, cache = layer.forward(params, jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]]))
+    >>> x = jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]], jnp.float32)
+    >>> y, cache = layer.forward(params, x)
     >>> y.mean(axis=-1)
     Array([0., 0.], dtype=float32)
     """
     eps = _check_number("layernorm", "eps", eps, "a positive number", lambda v: v > 0)
     axes_arg = (axis,) if not isinstance(axis, (tuple, list)) else tuple(axis)
     if not axes_arg or any(isinstance(a, bool) or not isinstance(a, int) for a in axes_arg):
-        raise ValueError(f"layernorm: axis must be an int or a non-empty tuple of ints, got {axis!r}")
+        raise ValueError(
+            f"layernorm: axis must be an int or a non-empty tuple of ints, got {axis!r}"
+        )
     if len(set(axes_arg)) != len(axes_arg):
         raise ValueError(f"layernorm: axis must not repeat an axis, got {axis!r}")
 

@@ -9,13 +9,12 @@ has the output's shape ``(N, Ho, Wo, C)`` and holds, for every output position, 
 input element at that offset of its window (``xp`` is the padded input). The forward
 combines the ``S_ij`` elementwise (a running max, or a sum), which XLA fuses into one
 loop. The backward is the transpose of taking those slices: each offset's share of
-``dy`` is put back at rows ``i + sh * a`` and columns ``j + sw * b`` by ``lax.pad``
-with interior padding ``(sh - 1, sw - 1)``, and the shares are summed. When the windows
-tile the input (``stride == window``) every input element belongs to exactly one
-window, so the shares are stacked into ``(N, Ho, wh, Wo, ww, C)`` and reshaped instead
-of summed. In both cases negative edge padding of ``lax.pad`` removes the rows and
-columns that were padding, and positive edge padding gives zero gradient to the rows
-and columns that no window reads.
+``dy`` goes back to rows ``i + sh * a`` and columns ``j + sw * b``. When the windows tile
+the input (``stride == window``) every input element belongs to exactly one window and
+the shares, stacked as ``(N, Ho, wh, Wo, ww, C)``, are simply reshaped to the input
+grid; otherwise they are summed phase by phase (see :func:`_spread`). Finally edge
+padding of ``lax.pad`` cuts off the padding rows (negative padding) and gives zero
+gradient to the rows no window reads (positive padding).
 
 Max pooling caches only the position of the maximum within each window (one byte per
 output element for windows of up to 256 elements); the derivation is in
@@ -186,35 +185,49 @@ def _window_slices(xp, g: _Geometry):
 
 
 def _spread(g: _Geometry, share) -> jnp.ndarray:
-    """The transpose of :func:`_window_slices`: ``dx = sum_k slices_k^T share(k)``.
+    """The transpose of :func:`_window_slices`: put each offset's share back where it was read.
 
     ``share(k)`` is offset ``k``'s contribution, shaped ``(N, Ho, Wo, C)``; for tiling
     windows ``share(None)`` must instead return all offsets at once, broadcastable to
     ``(N, Ho, wh, Wo, ww, C)``. The result has the unpadded input's shape: padding rows
     are cut off and rows no window reads are zero.
+
+    General strides go by phase: padded row ``r = sh * q + p`` (``0 <= p < sh``) is read
+    by offset ``i = p + sh * t`` of window ``a = q - t``. So the rows of phase ``p`` are the
+    sum over those ``i`` of the shares shifted down by ``t`` rows on the *output* grid
+    (likewise for columns), and the ``sh * sw`` phase grids interleave into the input grid
+    by a stack and a reshape. This costs ``wh * ww`` additions on the output grid, not on
+    the input grid, and XLA fuses it into one loop.
     """
     (n, h, w, c), (ho, wo), (wh, ww), (sh, sw) = g.shape, g.out, g.window, g.stride
     (top, _), (left, _) = g.pads
     zero = jnp.zeros((), g.dtype)
-    if g.tiles:
+    if g.tiles:  # one window per input element: the phase grids are the offsets themselves
+        qh, qw = ho, wo
         blocks = jnp.broadcast_to(share(None), (n, ho, wh, wo, ww, c)).astype(g.dtype)
-        blocks = blocks.reshape(n, ho * wh, wo * ww, c)  # padded coordinates [0, Ho * wh)
-        config = [(0, 0, 0), (-top, h + top - ho * wh, 0), (-left, w + left - wo * ww, 0)]
-        return lax.pad(blocks, zero, [*config, (0, 0, 0)])
-    dx = None
-    for i in range(wh):
-        for j in range(ww):
-            # Row a of the share goes to padded row i + sh * a, i.e. input row i - top + sh * a.
-            lo_h, lo_w = i - top, j - left
-            config = [
-                (0, 0, 0),
-                (lo_h, h - lo_h - (ho - 1) * sh - 1, sh - 1),
-                (lo_w, w - lo_w - (wo - 1) * sw - 1, sw - 1),
-                (0, 0, 0),
-            ]
-            part = lax.pad(share(i * ww + j).astype(g.dtype), zero, config)
-            dx = part if dx is None else dx + part
-    return dx
+    else:
+        qh, qw = ho + -(-wh // sh) - 1, wo + -(-ww // sw) - 1  # block rows/cols reached
+        phase_rows = []
+        for ph in range(sh):
+            phase_cols = []
+            for pw in range(sw):
+                acc = jnp.zeros((n, qh, qw, c), g.dtype)
+                for i in range(ph, wh, sh):
+                    for j in range(pw, ww, sw):
+                        th, tw = (i - ph) // sh, (j - pw) // sw  # shift on the output grid
+                        config = [(0, 0, 0), (th, qh - ho - th, 0), (tw, qw - wo - tw, 0)]
+                        acc += lax.pad(
+                            share(i * ww + j).astype(g.dtype), zero, [*config, (0, 0, 0)]
+                        )
+                phase_cols.append(acc)
+            phase_rows.append(jnp.stack(phase_cols, axis=3))  # (N, qh, qw, sw, C)
+        blocks = jnp.stack(phase_rows, axis=2)  # (N, qh, sh, qw, sw, C)
+    blocks = blocks.reshape(n, qh * blocks.shape[2], qw * blocks.shape[4], c)
+    # Padded coordinates -> input coordinates: negative edge padding cuts the padding off,
+    # positive edge padding appends zero rows for the input rows no window reads.
+    rows, cols = blocks.shape[1:3]
+    config = [(0, 0, 0), (-top, h + top - rows, 0), (-left, w + left - cols, 0), (0, 0, 0)]
+    return lax.pad(blocks, zero, config)
 
 
 def _tiled_offsets(g: _Geometry, dtype):

@@ -1,0 +1,612 @@
+"""Convolution semantics: parity with lax and PyTorch, the adjoint, the XLA trap, errors.
+
+The gradient reference here is a NumPy loop (:func:`np_conv_grads`) that spells out the
+definition, not ``jax.vjp``: with jax 0.10.2 on CPU, ``jax.vjp`` of a strided
+``lax.conv_general_dilated`` aborts the whole interpreter in XLA's algebraic simplifier for
+some shapes with padding (see ``VJP_CRASHES`` below and ``docs/layers/conv.md``). Our
+backward never builds such a convolution; ``test_xla_trap_in_subprocess`` runs the known
+crashing configuration in a child process so a regression fails a test instead of
+killing the suite.
+"""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+from funcnn.layers.conv import conv1d, conv2d, conv_transpose2d
+
+# --- references --------------------------------------------------------------------------
+
+
+def np_conv(x, w, stride, pads, dilation, groups, dy=None):
+    """Direct-loop convolution ``y`` and, given ``dy``, its gradients ``(dx, dw)``.
+
+    ``x (N, S..., C)``, ``w (K..., C/G, F)``, ``pads`` one ``(low, high)`` per spatial axis.
+    Every output position ``o`` and kernel tap ``k`` reads ``xp[o * stride + k * dilation]``.
+    """
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    nd = x.ndim - 2
+    xp = np.pad(x, ((0, 0), *pads, (0, 0)))
+    kernel, cg, f = w.shape[:nd], w.shape[-2], w.shape[-1]
+    fg = f // groups
+    out = [
+        (p - d * (k - 1) - 1) // s + 1
+        for p, k, s, d in zip(xp.shape[1:-1], kernel, stride, dilation, strict=True)
+    ]
+    y = np.zeros((x.shape[0], *out, f))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for o in np.ndindex(*out):
+        for k in np.ndindex(*kernel):
+            at = tuple(oi * s + ki * d for oi, ki, s, d in zip(o, k, stride, dilation, strict=True))
+            for g in range(groups):
+                cs, fs = slice(g * cg, (g + 1) * cg), slice(g * fg, (g + 1) * fg)
+                xs = xp[(slice(None), *at, cs)]  # (N, C/G)
+                wk = w[(*k, slice(None), fs)]  # (C/G, F/G)
+                y[(slice(None), *o, fs)] += xs @ wk
+                if dy is not None:
+                    dys = np.asarray(dy)[(slice(None), *o, fs)]  # (N, F/G)
+                    dxp[(slice(None), *at, cs)] += dys @ wk.T
+                    dw[(*k, slice(None), fs)] += xs.T @ dys
+    if dy is None:
+        return y
+    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, x.shape[1:-1], strict=True))
+    return y, dxp[(slice(None), *crop, slice(None))], dw
+
+
+def np_conv_transpose(x, w, stride, padding, output_padding, dilation, groups, dy=None):
+    """Direct-loop transposed convolution in our kernel layout (no flip), and its gradients.
+
+    Input position ``i`` and tap ``k`` write output position
+    ``i * stride - padding + (K - 1 - k) * dilation`` (PyTorch's scatter with the tap flipped).
+    """
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    nd = x.ndim - 2
+    kernel, cg, f = w.shape[:nd], w.shape[-2], w.shape[-1]
+    fg = f // groups
+    out = [
+        (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for n, k, s, d, p, op in zip(
+            x.shape[1:-1], kernel, stride, dilation, padding, output_padding, strict=True
+        )
+    ]
+    y = np.zeros((x.shape[0], *out, f))
+    dx, dw = np.zeros_like(x), np.zeros_like(w)
+    for i in np.ndindex(*x.shape[1:-1]):
+        for k in np.ndindex(*kernel):
+            at = tuple(
+                ii * s - p + (kk_n - 1 - kk) * d
+                for ii, kk, kk_n, s, p, d in zip(
+                    i, k, kernel, stride, padding, dilation, strict=True
+                )
+            )
+            if not all(0 <= a < n for a, n in zip(at, out, strict=True)):
+                continue
+            for g in range(groups):
+                cs, fs = slice(g * cg, (g + 1) * cg), slice(g * fg, (g + 1) * fg)
+                xs = x[(slice(None), *i, cs)]
+                wk = w[(*k, slice(None), fs)]
+                y[(slice(None), *at, fs)] += xs @ wk
+                if dy is not None:
+                    dys = np.asarray(dy)[(slice(None), *at, fs)]
+                    dx[(slice(None), *i, cs)] += dys @ wk.T
+                    dw[(*k, slice(None), fs)] += xs.T @ dys
+    return y if dy is None else (y, dx, dw)
+
+
+def flip_transpose(w, groups):
+    """The conv2d kernel whose adjoint is conv_transpose2d with ``w`` (see its docstring)."""
+    w = np.asarray(w)
+    f = w.shape[-1]
+    fg = f // groups
+    per_group = [np.swapaxes(w[..., g * fg : (g + 1) * fg], 2, 3) for g in range(groups)]
+    return np.concatenate(per_group, axis=3)[::-1, ::-1]  # (kh, kw, F/G, C)
+
+
+def run_layer(layer, params, x, dy_seed=7):
+    """Our forward and backward under jit, with a random cotangent."""
+
+    @jax.jit
+    def forward(params, x):
+        return layer.forward(params, x)
+
+    y, cache = forward(params, x)
+    dy = jax.random.normal(jax.random.PRNGKey(dy_seed), y.shape, y.dtype)
+    dx, dparams = jax.jit(layer.backward)(params, cache, dy)
+    return y, dy, dx, dparams
+
+
+def random_params(layer, input_shape, seed=0):
+    params, out_shape = layer.init(jax.random.PRNGKey(seed), input_shape)
+    params = jax.tree_util.tree_map(
+        lambda p: jax.random.normal(jax.random.PRNGKey(seed + 1), p.shape, jnp.float64), params
+    )
+    x = jax.random.normal(jax.random.PRNGKey(seed + 2), input_shape, jnp.float64)
+    return params, x, out_shape
+
+
+# --- hypothesis: forward vs lax, backward vs the direct loops ------------------------------
+
+
+@st.composite
+def conv_configs(draw, nd):
+    groups = draw(st.sampled_from([1, 2, 3]))
+    channels = groups * draw(st.integers(1, 2))
+    features = groups * draw(st.integers(1, 2))
+    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd))
+    kind = draw(st.sampled_from(["VALID", "SAME", "int", "pairs"]))
+    if kind == "int":
+        padding = draw(st.integers(0, 2))
+    elif kind == "pairs":
+        padding = tuple(draw(st.tuples(st.integers(0, 3), st.integers(0, 3))) for _ in range(nd))
+    else:
+        padding = kind
+    size = []
+    for k, d in zip(kernel, dilation, strict=True):
+        extent = d * (k - 1) + 1
+        low = 1 if padding == "SAME" else max(1, extent - 2 * 3)
+        size.append(draw(st.integers(low, 8)))
+    return dict(
+        nd=nd,
+        shape=(2, *size, channels),
+        features=features,
+        kernel=kernel,
+        stride=stride,
+        dilation=dilation,
+        padding=padding,
+        groups=groups,
+    )
+
+
+def _explicit_pads(cfg):
+    nd, padding = cfg["nd"], cfg["padding"]
+    if padding == "VALID":
+        return ((0, 0),) * nd
+    if padding == "SAME":
+        return tuple(
+            lax.padtype_to_pads(cfg["shape"][1:-1], cfg["kernel_eff"], cfg["stride"], "SAME")
+        )
+    if isinstance(padding, int):
+        return ((padding, padding),) * nd
+    return padding
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.one_of(conv_configs(1), conv_configs(2)))
+def test_conv_matches_lax_forward_and_direct_backward(cfg):
+    nd = cfg["nd"]
+    cfg["kernel_eff"] = tuple(
+        d * (k - 1) + 1 for k, d in zip(cfg["kernel"], cfg["dilation"], strict=True)
+    )
+    pads = _explicit_pads(cfg)
+    if any(
+        n + lo + hi < e
+        for n, (lo, hi), e in zip(cfg["shape"][1:-1], pads, cfg["kernel_eff"], strict=True)
+    ):
+        return  # the kernel does not fit; the error is tested in test_errors_*
+    make = conv1d if nd == 1 else conv2d
+    layer = make(
+        cfg["features"],
+        cfg["kernel"],
+        cfg["stride"],
+        cfg["padding"],
+        cfg["dilation"],
+        cfg["groups"],
+    )
+    params, x, out_shape = random_params(layer, cfg["shape"])
+    y, dy, dx, dparams = run_layer(layer, params, x)
+
+    spec = ("NWC", "WIO", "NWC") if nd == 1 else ("NHWC", "HWIO", "NHWC")
+    lax_padding = "SAME" if cfg["padding"] == "SAME" else pads
+    y_lax = lax.conv_general_dilated(
+        x,
+        params["w"],
+        cfg["stride"],
+        lax_padding,
+        rhs_dilation=cfg["dilation"],
+        dimension_numbers=spec,
+        feature_group_count=cfg["groups"],
+    ) + params["b"].reshape((1,) * (nd + 1) + (-1,))
+    assert y.shape == out_shape == y_lax.shape
+    np.testing.assert_allclose(y, y_lax, rtol=1e-12, atol=1e-12)
+
+    y_np, dx_np, dw_np = np_conv(
+        x, params["w"], cfg["stride"], pads, cfg["dilation"], cfg["groups"], dy
+    )
+    np.testing.assert_allclose(y, y_np + np.asarray(params["b"]), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dx, dx_np, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dparams["w"], dw_np, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dparams["b"], np.asarray(dy).sum(axis=tuple(range(nd + 1))))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    groups=st.sampled_from([1, 2]),
+    kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    size=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    data=st.data(),
+)
+def test_conv_transpose_matches_direct_loops(groups, kernel, stride, dilation, padding, size, data):
+    output_padding = tuple(
+        data.draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation, strict=True)
+    )
+    out = [
+        (n - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for n, k, s, d, p, op in zip(
+            size, kernel, stride, dilation, padding, output_padding, strict=True
+        )
+    ]
+    if min(out) < 1:
+        return  # an empty output; the error is tested in test_errors_conv_transpose2d
+    layer = conv_transpose2d(2 * groups, kernel, stride, padding, output_padding, dilation, groups)
+    params, x, out_shape = random_params(layer, (2, *size, 2 * groups))
+    y, dy, dx, dparams = run_layer(layer, params, x)
+    assert y.shape == out_shape == (2, *out, 2 * groups)
+    y_np, dx_np, dw_np = np_conv_transpose(
+        x, params["w"], stride, padding, output_padding, dilation, groups, dy
+    )
+    np.testing.assert_allclose(y, y_np + np.asarray(params["b"]), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dx, dx_np, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dparams["w"], dw_np, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(dparams["b"], np.asarray(dy).sum(axis=(0, 1, 2)))
+
+
+# --- output shapes -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "input_shape", "expected"),
+    [
+        (dict(kernel_size=3), (2, 8, 7, 3), (2, 6, 5, 4)),
+        (dict(kernel_size=3, padding="SAME"), (2, 8, 7, 3), (2, 8, 7, 4)),
+        (dict(kernel_size=3, stride=2, padding="SAME"), (2, 8, 7, 3), (2, 4, 4, 4)),
+        (dict(kernel_size=3, stride=3), (1, 10, 9, 3), (1, 3, 3, 4)),
+        (dict(kernel_size=(3, 1), padding=((2, 0), (0, 1))), (1, 5, 5, 3), (1, 5, 6, 4)),
+        (dict(kernel_size=3, dilation=2, padding=1), (1, 9, 9, 3), (1, 7, 7, 4)),
+        (dict(kernel_size=5, stride=2, dilation=(1, 2)), (1, 11, 12, 3), (1, 4, 2, 4)),
+    ],
+)
+def test_conv2d_output_shape(kwargs, input_shape, expected):
+    layer = conv2d(4, **kwargs)
+    params, out_shape = layer.init(jax.random.PRNGKey(0), input_shape)
+    assert out_shape == expected
+    assert layer.forward(params, jnp.zeros(input_shape))[0].shape == expected
+
+
+@pytest.mark.parametrize("size", [1, 4, 7])
+@pytest.mark.parametrize(
+    ("k", "s", "p", "op", "d"),
+    [
+        (3, 1, 0, 0, 1),
+        (3, 2, 1, 1, 1),
+        (4, 3, 2, 2, 1),
+        (2, 2, 0, 0, 3),
+        (3, 2, 2, 0, 2),
+        (5, 1, 4, 0, 1),
+    ],
+)
+def test_conv_transpose2d_output_shape_is_pytorch_formula(size, k, s, p, op, d):
+    expected = (size - 1) * s - 2 * p + d * (k - 1) + op + 1
+    if expected < 1:
+        return
+    layer = conv_transpose2d(3, k, stride=s, padding=p, output_padding=op, dilation=d)
+    params, out_shape = layer.init(jax.random.PRNGKey(0), (2, size, size + 1, 2))
+    expected_w = size * s - 2 * p + d * (k - 1) + op + 1
+    assert out_shape == (2, expected, expected_w, 3)
+    assert layer.forward(params, jnp.zeros((2, size, size + 1, 2)))[0].shape == out_shape
+
+
+def test_same_padding_puts_the_extra_row_on_the_high_side():
+    """Stride 2, kernel 2, input 5: total padding 1 goes to the bottom/right (lax/TF)."""
+    layer = conv2d(1, 2, stride=2, padding="SAME", use_bias=False)
+    x = jnp.arange(25.0).reshape(1, 5, 5, 1)
+    w = jnp.zeros((2, 2, 1, 1)).at[0, 0].set(1.0)  # picks the window's top-left entry
+    y, _ = layer.forward({"w": w}, x)
+    np.testing.assert_array_equal(y[0, :, :, 0], x[0, ::2, ::2, 0])
+
+
+# --- the adjoint ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "output_padding", "dilation", "groups", "size"),
+    [
+        (3, 1, 0, 0, 1, 1, (4, 5)),
+        (3, 2, 1, 1, 1, 1, (4, 3)),
+        ((2, 3), (3, 2), (0, 1), (2, 0), 1, 1, (3, 4)),
+        (3, 2, 2, 0, (2, 1), 2, (3, 3)),
+        (4, 2, 1, 0, 1, 3, (5, 2)),
+    ],
+)
+def test_conv_transpose2d_is_the_adjoint_of_conv2d(
+    kernel, stride, padding, output_padding, dilation, groups, size
+):
+    channels, features = 2 * groups, 3 * groups
+    t = conv_transpose2d(
+        features, kernel, stride, padding, output_padding, dilation, groups, use_bias=False
+    )
+    params, x, out_shape = random_params(t, (2, *size, channels))
+    z = jax.random.normal(jax.random.PRNGKey(5), out_shape, jnp.float64)
+    pad = (padding, padding) if isinstance(padding, int) else padding
+    c = conv2d(channels, kernel, stride, tuple(pad), dilation, groups, use_bias=False)
+    w_conv = jnp.asarray(flip_transpose(params["w"], groups))
+    cz, _ = c.forward({"w": w_conv}, z)
+    assert cz.shape == x.shape
+    tx, _ = t.forward(params, x)
+    np.testing.assert_allclose(jnp.vdot(cz, x), jnp.vdot(z, tx), rtol=1e-12)
+
+
+# --- the XLA:CPU trap ------------------------------------------------------------------
+
+_TRAP_SCRIPT = r"""
+import json, jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+from funcnn.layers.conv import conv2d, _XLA_TRAP
+layer = conv2d(1, (3, 2), stride=2, padding=((2, 1), (1, 1)))
+key = jax.random.PRNGKey(0)
+params, out_shape = layer.init(key, _XLA_TRAP["x"])
+assert params["w"].shape == _XLA_TRAP["w"], params["w"].shape
+params = {"w": params["w"].astype(jnp.float64), "b": params["b"].astype(jnp.float64) + 0.5}
+x = jax.random.normal(jax.random.PRNGKey(1), _XLA_TRAP["x"], jnp.float64)
+y, cache = layer.forward(params, x)
+dy = jax.random.normal(jax.random.PRNGKey(2), y.shape, jnp.float64)
+dx, grads = layer.backward(params, cache, dy)                       # eager
+y_j, cache_j = jax.jit(layer.forward)(params, x)
+dx_j, grads_j = jax.jit(layer.backward)(params, cache_j, dy)        # compiled as one program
+
+def loss(p, x):
+    return float(jnp.vdot(layer.forward(p, x)[0], dy))
+
+# Central differences along random directions (the layer is affine, so they are exact
+# up to rounding); jax.vjp cannot be the reference here: it is what aborts.
+eps, fd = 1e-3, []
+for seed in range(3):
+    kx, kw, kb = jax.random.split(jax.random.PRNGKey(10 + seed), 3)
+    v = {"x": jax.random.normal(kx, x.shape, jnp.float64),
+         "w": jax.random.normal(kw, params["w"].shape, jnp.float64),
+         "b": jax.random.normal(kb, params["b"].shape, jnp.float64)}
+    shift = lambda t: {"w": params["w"] + t * v["w"], "b": params["b"] + t * v["b"]}
+    numeric = (loss(shift(eps), x + eps * v["x"]) - loss(shift(-eps), x - eps * v["x"])) / (2 * eps)
+    analytic = float(jnp.vdot(dx, v["x"]) + jnp.vdot(grads["w"], v["w"])
+                     + jnp.vdot(grads["b"], v["b"]))
+    fd.append((numeric, analytic))
+print(json.dumps({
+    "fd": fd,
+    "jit_dx": float(jnp.max(jnp.abs(dx - dx_j))),
+    "jit_dw": float(jnp.max(jnp.abs(grads["w"] - grads_j["w"]))),
+    "x": np.asarray(x).tolist(), "w": np.asarray(params["w"]).tolist(),
+    "dy": np.asarray(dy).tolist(), "dx": np.asarray(dx).tolist(),
+    "dw": np.asarray(grads["w"]).tolist(),
+}))
+"""
+
+
+def test_xla_trap_in_subprocess():
+    """Our backward on the configuration where jax.vjp aborts XLA:CPU (jax 0.10.2).
+
+    Run in a child process: an abort there fails this test instead of killing pytest.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRAP_SCRIPT], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"child exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for numeric, analytic in out["fd"]:
+        assert abs(numeric - analytic) <= 1e-7 * max(1.0, abs(numeric))
+    assert out["jit_dx"] < 1e-12 and out["jit_dw"] < 1e-12
+    # And the full gradients against the direct loops.
+    _, dx_np, dw_np = np_conv(
+        np.array(out["x"]),
+        np.array(out["w"]),
+        (2, 2),
+        ((2, 1), (1, 1)),
+        (1, 1),
+        1,
+        np.array(out["dy"]),
+    )
+    np.testing.assert_allclose(out["dx"], dx_np, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out["dw"], dw_np, rtol=1e-10, atol=1e-12)
+
+
+def test_rows_past_the_last_window_get_zero_gradient():
+    """Kernel 2, stride 3: along H (7) windows read rows 0-1 and 3-4, along W (9) 0-1, 3-4, 6-7."""
+    layer = conv2d(2, 2, stride=3)
+    params, x, out_shape = random_params(layer, (1, 7, 9, 2))
+    assert out_shape == (1, 2, 3, 2)
+    _, _, dx, _ = run_layer(layer, params, x)
+    dx = np.asarray(dx)
+    assert np.all(dx[:, 5:, :, :] == 0)  # rows 5 and 6: past the last window
+    assert np.all(dx[:, 2, :, :] == 0)  # row 2: between windows
+    assert np.all(dx[:, :, 2, :] == 0) and np.all(dx[:, :, 5, :] == 0)
+    assert np.all(dx[:, :, 8, :] == 0)  # column 8: past the last window
+    assert np.any(dx[:, 4, :, :] != 0)
+
+
+# --- float32 --------------------------------------------------------------------------
+
+
+def test_float32_matches_float64_closely():
+    layer = conv2d(8, 3, stride=2, padding="SAME", groups=2)
+    params, x, _ = random_params(layer, (2, 9, 8, 4))
+    y64, dy, dx64, dp64 = run_layer(layer, params, x)
+    p32 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), params)
+    y32, cache = jax.jit(layer.forward)(p32, x.astype(jnp.float32))
+    dx32, dp32 = jax.jit(layer.backward)(p32, cache, dy.astype(jnp.float32))
+    assert y32.dtype == dx32.dtype == dp32["w"].dtype == jnp.float32
+    np.testing.assert_allclose(y32, y64, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx32, dx64, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dp32["w"], dp64["w"], rtol=1e-4, atol=1e-4)
+
+
+def test_float64_input_with_float32_params():
+    """The computation runs in float64; gradients keep the dtype of what they belong to."""
+    layer = conv1d(3, 2)
+    params, _ = layer.init(jax.random.PRNGKey(0), (2, 5, 2))
+    x = jnp.ones((2, 5, 2), jnp.float64)
+    y, cache = layer.forward(params, x)
+    dx, grads = layer.backward(params, cache, jnp.ones_like(y))
+    assert y.dtype == dx.dtype == jnp.float64
+    assert grads["w"].dtype == grads["b"].dtype == jnp.float32
+
+
+def test_conv1d_is_conv2d_with_a_unit_axis():
+    c1 = conv1d(4, 3, stride=2, padding="SAME", dilation=1, groups=2)
+    c2 = conv2d(4, (1, 3), stride=(1, 2), padding=((0, 0), (1, 1)), groups=2)  # SAME for 9
+    params, x, _ = random_params(c1, (2, 9, 4))
+    y1, dy, dx1, g1 = run_layer(c1, params, x)
+    p2 = {"w": params["w"][None], "b": params["b"]}
+    y2, cache = c2.forward(p2, x[:, None])
+    dx2, g2 = c2.backward(p2, cache, dy[:, None])
+    np.testing.assert_allclose(y1, y2[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(dx1, dx2[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(g1["w"], g2["w"][0], rtol=1e-12)
+
+
+# --- PyTorch ----------------------------------------------------------------------------
+
+
+def test_conv2d_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    layer = conv2d(6, (3, 2), stride=(2, 1), padding=(1, (1, 1)), dilation=(1, 2), groups=3)
+    params, x, _ = random_params(layer, (2, 7, 6, 3))
+    y, dy, dx, grads = run_layer(layer, params, x)
+
+    xt = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2), requires_grad=True)
+    # HWIO (kh, kw, C/G, F) -> PyTorch (F, C/G, kh, kw)
+    wt = torch.tensor(np.asarray(params["w"]).transpose(3, 2, 0, 1), requires_grad=True)
+    bt = torch.tensor(np.asarray(params["b"]), requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, bt, stride=(2, 1), padding=1, dilation=(1, 2), groups=3)
+    yt.backward(torch.tensor(np.asarray(dy).transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        grads["w"], wt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-12, atol=1e-12
+    )
+    np.testing.assert_allclose(grads["b"], bt.grad.numpy(), rtol=1e-12)
+
+
+def test_conv_transpose2d_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    layer = conv_transpose2d(4, 3, stride=2, padding=1, output_padding=1, dilation=1)
+    params, x, out_shape = random_params(layer, (2, 4, 5, 3))
+    y, dy, dx, grads = run_layer(layer, params, x)
+
+    # Ours (kh, kw, C, F), unflipped; PyTorch's weight (C, F, kh, kw) is the flipped kernel.
+    w_torch = np.asarray(params["w"])[::-1, ::-1].transpose(2, 3, 0, 1).copy()
+    xt = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2), requires_grad=True)
+    wt = torch.tensor(w_torch, requires_grad=True)
+    bt = torch.tensor(np.asarray(params["b"]), requires_grad=True)
+    yt = torch.nn.functional.conv_transpose2d(xt, wt, bt, stride=2, padding=1, output_padding=1)
+    assert tuple(yt.shape) == (out_shape[0], out_shape[3], *out_shape[1:3])
+    yt.backward(torch.tensor(np.asarray(dy).transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(y, yt.detach().numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy().transpose(0, 2, 3, 1), rtol=1e-12, atol=1e-12)
+    dw_torch = wt.grad.numpy().transpose(2, 3, 0, 1)[::-1, ::-1]
+    np.testing.assert_allclose(grads["w"], dw_torch, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(grads["b"], bt.grad.numpy(), rtol=1e-12)
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_errors_in_factories():
+    with pytest.raises(
+        ValueError, match=r"conv2d: features \(=6\) must be divisible by groups \(=4\)"
+    ):
+        conv2d(6, 3, groups=4)
+    with pytest.raises(ValueError, match=r"conv2d: padding must be 'VALID', 'SAME'.*got 'FULL'"):
+        conv2d(4, 3, padding="FULL")
+    with pytest.raises(ValueError, match=r"conv2d: padding .* got \(1, 2, 3\)"):
+        conv2d(4, 3, padding=(1, 2, 3))
+    with pytest.raises(ValueError, match=r"conv1d: padding .*tuple of 1 entries.* got \(1, 2\)"):
+        conv1d(4, 3, padding=(1, 2))
+    with pytest.raises(ValueError, match=r"conv2d: padding .* got -1"):
+        conv2d(4, 3, padding=-1)
+    with pytest.raises(ValueError, match=r"conv2d: stride must be a positive int .* got 0"):
+        conv2d(4, 3, stride=0)
+    with pytest.raises(ValueError, match=r"conv1d: kernel_size .* got \(3, 3\)"):
+        conv1d(4, (3, 3))
+    with pytest.raises(ValueError, match="conv2d: features must be a positive int, got 0"):
+        conv2d(0, 3)
+    with pytest.raises(ValueError, match=r"conv_transpose2d: output_padding .* smaller than"):
+        conv_transpose2d(4, 3, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match=r"conv_transpose2d: padding .* got -1"):
+        conv_transpose2d(4, 3, padding=-1)
+
+
+def test_errors_in_init():
+    with pytest.raises(
+        ValueError, match=r"conv2d: input channels \(=3.*\(2, 8, 8, 3\)\).*groups \(=2\)"
+    ):
+        conv2d(4, 3, groups=2).init(jax.random.PRNGKey(0), (2, 8, 8, 3))
+    with pytest.raises(
+        ValueError, match=r"conv2d: expected an input shape of rank 4 .*\(8, 8, 3\)"
+    ):
+        conv2d(4, 3).init(jax.random.PRNGKey(0), (8, 8, 3))
+    with pytest.raises(
+        ValueError, match=r"conv1d: expected an input shape of rank 3 .*\(2, 8, 8, 3\)"
+    ):
+        conv1d(4, 3).init(jax.random.PRNGKey(0), (2, 8, 8, 3))
+    # kernel larger than the padded input: 5 taps with dilation 2 span 9 > 4 + 1 + 1
+    with pytest.raises(
+        ValueError,
+        match=r"conv2d: the kernel spans 9 entries along spatial axis 1 \(kernel_size 5, "
+        r"dilation 2\), more than the padded input's 6 "
+        r"\(input shape \(2, 9, 4, 3\), padding \(1, 1\)\)",
+    ):
+        conv2d(4, 5, dilation=2, padding=((4, 4), (1, 1))).init(jax.random.PRNGKey(0), (2, 9, 4, 3))
+    with pytest.raises(
+        ValueError, match=r"conv_transpose2d: input shape \(2, 1, 1, 3\) gives an empty output"
+    ):
+        conv_transpose2d(4, 3, padding=2).init(jax.random.PRNGKey(0), (2, 1, 1, 3))
+
+
+def test_errors_in_forward():
+    layer = conv2d(4, 3)
+    params, _ = layer.init(jax.random.PRNGKey(0), (2, 8, 8, 3))
+    with pytest.raises(
+        ValueError,
+        match=r"conv2d: expected input with 3 channels \(last axis\), "
+        r"got input of shape \(2, 8, 8, 4\)",
+    ):
+        layer.forward(params, jnp.zeros((2, 8, 8, 4)))
+    with pytest.raises(
+        ValueError, match=r"conv2d: expected input of rank 4 \(NHWC.*got shape \(8, 8, 3\)"
+    ):
+        layer.forward(params, jnp.zeros((8, 8, 3)))
+    with pytest.raises(
+        ValueError, match=r"conv2d: the kernel spans 3 .* \(input shape \(2, 2, 8, 3\)"
+    ):
+        layer.forward(params, jnp.zeros((2, 2, 8, 3)))
+    with pytest.raises(TypeError, match="conv2d: x must be a floating-point array"):
+        layer.forward(params, jnp.zeros((2, 8, 8, 3), jnp.int32))
+    with pytest.raises(
+        TypeError, match="conv2d: params must be a dict holding a rank-4 kernel 'w'"
+    ):
+        layer.forward({"kernel": params["w"]}, jnp.zeros((2, 8, 8, 3)))
+    with pytest.raises(ValueError, match=r"conv2d: params\['b'\] must have shape \(4,\)"):
+        layer.forward({"w": params["w"], "b": jnp.zeros(5)}, jnp.zeros((2, 8, 8, 3)))
+    grouped = conv1d(4, 3, groups=2)
+    gp, _ = grouped.init(jax.random.PRNGKey(0), (2, 8, 6))
+    with pytest.raises(ValueError, match=r"conv1d: expected input with 6 channels .*\(2, 8, 5\)"):
+        grouped.forward(gp, jnp.zeros((2, 8, 5)))
+    t = conv_transpose2d(4, 3, padding=1)
+    tp, _ = t.init(jax.random.PRNGKey(0), (2, 3, 3, 2))
+    with pytest.raises(ValueError, match=r"conv_transpose2d: expected input with 2 channels"):
+        t.forward(tp, jnp.zeros((2, 3, 3, 5)))
+    with pytest.raises(
+        ValueError, match=r"conv_transpose2d: input shape \(2, 1, 3, 2\) gives an empty"
+    ):
+        t.forward(tp, jnp.zeros((2, 1, 3, 2)))

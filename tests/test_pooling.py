@@ -1,0 +1,397 @@
+"""Pooling semantics: parity with lax.reduce_window and PyTorch, the tie rule, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+from funcnn.layers.pooling import avg_pool2d, global_avg_pool, max_pool2d
+
+# --- references --------------------------------------------------------------------------
+
+
+def _reduce(x, init, op, window, stride, pads):
+    return lax.reduce_window(x, init, op, (1, *window, 1), (1, *stride, 1), ((0, 0), *pads, (0, 0)))
+
+
+def ref_max(x, window, stride, pads):
+    return _reduce(x, np.array(-np.inf, x.dtype), lax.max, window, stride, pads)
+
+
+def ref_avg(x, window, stride, pads, count_include_pad):
+    total = _reduce(x, np.array(0, x.dtype), lax.add, window, stride, pads)
+    if count_include_pad:
+        return total / (window[0] * window[1])
+    return total / _reduce(jnp.ones_like(x), np.array(0, x.dtype), lax.add, window, stride, pads)
+
+
+def ours_vjp(layer, x, dy):
+    """Our forward and hand-written backward, both under jit."""
+
+    @jax.jit
+    def run(x, dy):
+        y, cache = layer.forward((), x)
+        return y, layer.backward((), cache, dy)
+
+    y, (dx, dparams) = run(x, dy)
+    assert dparams == ()
+    return y, dx
+
+
+def ref_vjp(fn, x, dy):
+    @jax.jit
+    def run(x, dy):
+        y, pullback = jax.vjp(fn, x)
+        return y, pullback(dy)[0]
+
+    return run(x, dy)
+
+
+def np_max_pool_grad(x, dy, window, stride, pads):
+    """The documented tie rule, spelled out: the first maximum in row-major window order."""
+    (wh, ww), (sh, sw), ((top, bottom), (left, right)) = window, stride, pads
+    xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-np.inf)
+    dxp = np.zeros_like(xp)
+    n, ho, wo, c = dy.shape
+    for b in range(n):
+        for a in range(ho):
+            for o in range(wo):
+                for ch in range(c):
+                    patch = xp[b, a * sh : a * sh + wh, o * sw : o * sw + ww, ch]
+                    i, j = np.unravel_index(np.argmax(patch), patch.shape)  # first max
+                    dxp[b, a * sh + i, o * sw + j, ch] += dy[b, a, o, ch]
+    return dxp[:, top : top + x.shape[1], left : left + x.shape[2]]
+
+
+def _random(shape, seed=0):
+    return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float64)
+
+
+# --- hypothesis parity with reduce_window ------------------------------------------------
+
+
+@st.composite
+def configs(draw):
+    window = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    pads = tuple((draw(st.integers(0, w // 2)), draw(st.integers(0, w // 2))) for w in window)
+    spatial = tuple(
+        draw(st.integers(max(1, w - lo - hi), w - lo - hi + 6))
+        for w, (lo, hi) in zip(window, pads, strict=True)
+    )
+    shape = (draw(st.integers(1, 2)), *spatial, draw(st.integers(1, 3)))
+    return shape, window, stride, pads
+
+
+@settings(max_examples=25, deadline=None)
+@given(configs())
+def test_max_pool2d_matches_reduce_window(config):
+    shape, window, stride, pads = config
+    x = _random(shape)
+    layer = max_pool2d(window, stride, pads)
+    y_ref = ref_max(x, window, stride, pads)
+    dy = _random(y_ref.shape, seed=1)
+    y, dx = ours_vjp(layer, x, dy)
+    y_ref, dx_ref = ref_vjp(lambda x: ref_max(x, window, stride, pads), x, dy)
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=0)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(configs(), st.booleans())
+def test_avg_pool2d_matches_reduce_window(config, count_include_pad):
+    shape, window, stride, pads = config
+    x = _random(shape)
+    layer = avg_pool2d(window, stride, pads, count_include_pad=count_include_pad)
+
+    def ref(x):
+        return ref_avg(x, window, stride, pads, count_include_pad)
+
+    dy = _random(ref(x).shape, seed=1)
+    y, dx = ours_vjp(layer, x, dy)
+    y_ref, dx_ref = ref_vjp(ref, x, dy)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("window, stride", [(2, 2), (3, 2), (3, 1), (2, 3), ((3, 2), (2, 1))])
+@pytest.mark.parametrize("make", [max_pool2d, avg_pool2d], ids=["max", "avg"])
+def test_same_padding_matches_reduce_window(make, window, stride):
+    x = _random((2, 7, 6, 3))
+    w = window if isinstance(window, tuple) else (window, window)
+    s = stride if isinstance(stride, tuple) else (stride, stride)
+    y, _ = make(window, stride, "SAME").forward((), x)
+    assert y.shape[1:3] == (-(-7 // s[0]), -(-6 // s[1]))
+    if make is max_pool2d:
+        init, op = np.array(-np.inf, x.dtype), lax.max
+        ref = lax.reduce_window(x, init, op, (1, *w, 1), (1, *s, 1), "SAME")
+    else:  # count_include_pad=True: SAME padding zeros count in the divisor
+        ref = lax.reduce_window(x, 0.0, lax.add, (1, *w, 1), (1, *s, 1), "SAME") / (w[0] * w[1])
+    np.testing.assert_allclose(y, ref, rtol=1e-12)
+
+
+def test_padding_spellings_agree():
+    x = _random((1, 6, 6, 2))
+    explicit = max_pool2d(3, 2, ((1, 1), (1, 1))).forward((), x)[0]
+    for padding in (1, (1, 1), [[1, 1], [1, 1]]):
+        np.testing.assert_array_equal(max_pool2d(3, 2, padding).forward((), x)[0], explicit)
+    np.testing.assert_array_equal(
+        max_pool2d(3, 2, "valid").forward((), x)[0], max_pool2d(3, 2, 0).forward((), x)[0]
+    )
+
+
+# --- the tie rule -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "window, stride, pads",
+    [
+        ((2, 2), (2, 2), ((0, 0), (0, 0))),  # tiling windows
+        ((2, 2), (2, 2), ((1, 0), (0, 1))),  # tiling windows over a padded input
+        ((3, 3), (2, 2), ((1, 1), (1, 1))),  # overlapping windows share inputs
+        ((3, 2), (1, 3), ((0, 1), (1, 0))),  # overlapping rows, gaps between columns
+    ],
+)
+def test_max_pool2d_ties_go_to_the_first_maximum_in_row_major_order(window, stride, pads):
+    layer = max_pool2d(window, stride, pads)
+    # Few distinct values, so most windows hold several maxima.
+    x = jax.random.randint(jax.random.PRNGKey(0), (2, 7, 8, 3), 0, 3).astype(jnp.float64)
+    y, cache = layer.forward((), x)
+    dy = _random(y.shape, seed=1)
+    dx, _ = layer.backward((), cache, dy)
+    np.testing.assert_allclose(y, ref_max(x, window, stride, pads))
+    np.testing.assert_allclose(
+        dx, np_max_pool_grad(np.asarray(x), np.asarray(dy), window, stride, pads), atol=1e-12
+    )
+
+
+def test_max_pool2d_constant_input_routes_each_window_to_its_top_left():
+    layer = max_pool2d(2)
+    y, cache = layer.forward((), jnp.ones((1, 4, 4, 1)))
+    dx, _ = layer.backward((), cache, jnp.ones_like(y))
+    expected = np.zeros((4, 4))
+    expected[::2, ::2] = 1  # exactly one element per window gets the gradient
+    np.testing.assert_array_equal(dx[0, :, :, 0], expected)
+
+
+def test_max_pool2d_large_window_uses_a_wider_index():
+    x = _random((1, 17, 18, 2))
+    layer = max_pool2d(17, stride=1)  # 289 offsets do not fit a uint8
+
+    @jax.jit
+    def run(x, dy):
+        _, cache = layer.forward((), x)
+        return cache[0], layer.backward((), cache, dy)[0]
+
+    dy = _random((1, 1, 2, 2), seed=1)
+    arg, dx = run(x, dy)
+    assert arg.dtype == jnp.int32
+    expected = np_max_pool_grad(np.asarray(x), np.asarray(dy), (17, 17), (1, 1), ((0, 0), (0, 0)))
+    np.testing.assert_allclose(dx, expected)
+
+
+# --- rows and columns that no window reads ------------------------------------------------
+
+
+def _read(size, window, stride, out):
+    """Which of ``size`` rows (or columns) some window reads (no padding)."""
+    read = np.zeros(size, bool)
+    for a in range(out):
+        read[a * stride : a * stride + window] = True
+    return read
+
+
+@pytest.mark.parametrize("window, stride", [(2, 2), (3, 2), ((2, 3), (3, 2))])
+@pytest.mark.parametrize("make", [max_pool2d, avg_pool2d])
+def test_unread_rows_and_columns_get_zero_gradient(make, window, stride):
+    x = _random((2, 8, 9, 2))
+    layer = make(window, stride)
+    y, cache = layer.forward((), x)
+    dx, _ = layer.backward((), cache, jnp.ones_like(y))
+    w = window if isinstance(window, tuple) else (window, window)
+    s = stride if isinstance(stride, tuple) else (stride, stride)
+    rows, cols = (_read(n, w[d], s[d], y.shape[d + 1]) for d, n in enumerate(x.shape[1:3]))
+    assert not (rows.all() and cols.all())  # every configuration leaves something unread
+    np.testing.assert_array_equal(dx[:, ~rows], 0)
+    np.testing.assert_array_equal(dx[:, :, ~cols], 0)
+    if make is avg_pool2d:  # every input that is read gets a share
+        assert (np.asarray(dx)[:, rows][:, :, cols] > 0).all()
+
+
+def test_nondividing_input_gradient_is_zero_past_the_last_window():
+    x = _random((1, 5, 7, 1))
+    layer = max_pool2d(2)
+    y, cache = layer.forward((), x)
+    assert y.shape == (1, 2, 3, 1)
+    dx, _ = layer.backward((), cache, jnp.ones_like(y))
+    np.testing.assert_array_equal(dx[:, 4, :, :], 0)
+    np.testing.assert_array_equal(dx[:, :, 6, :], 0)
+    assert float(dx.sum()) == 6.0
+
+
+# --- cache and global pooling -------------------------------------------------------------
+
+
+def test_max_pool2d_caches_only_a_byte_per_output():
+    x = _random((2, 8, 8, 3)).astype(jnp.float32)
+    y, cache = jax.jit(max_pool2d(2).forward)((), x)
+    (leaf,) = jax.tree_util.tree_leaves(cache)
+    assert leaf.dtype == jnp.uint8 and leaf.shape == y.shape
+
+
+def test_avg_pools_cache_no_arrays():
+    x = _random((2, 8, 8, 3))
+    for layer in (avg_pool2d(3, 2, 1, count_include_pad=False), global_avg_pool()):
+        assert jax.tree_util.tree_leaves(layer.forward((), x)[1]) == []
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4), (2, 3, 4, 5), (2, 2, 3, 2, 3)])
+def test_global_avg_pool_means_over_space(shape):
+    x = _random(shape)
+    layer = global_avg_pool()
+    assert layer.init(None, shape) == ((), (shape[0], shape[-1]))
+    y, cache = layer.forward((), x)
+    np.testing.assert_allclose(y, x.reshape(shape[0], -1, shape[-1]).mean(1), rtol=1e-12)
+    dy = _random(y.shape, seed=1)
+    dx, _ = layer.backward((), cache, dy)
+    count = np.prod(shape[1:-1])
+    expected = np.broadcast_to(
+        np.asarray(dy).reshape(shape[0], *[1] * (len(shape) - 2), shape[-1]) / count, shape
+    )
+    np.testing.assert_allclose(dx, expected, rtol=1e-12)
+
+
+# --- PyTorch parity ---------------------------------------------------------------------------
+
+
+def _torch_pool(fn, x, dy, **kwargs):
+    torch = pytest.importorskip("torch")
+    xt = torch.tensor(np.asarray(x).transpose(0, 3, 1, 2), requires_grad=True)  # NHWC -> NCHW
+    yt = fn(xt, **kwargs)
+    yt.backward(torch.tensor(np.asarray(dy).transpose(0, 3, 1, 2)))
+    return yt.detach().numpy().transpose(0, 2, 3, 1), xt.grad.numpy().transpose(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize(
+    "window, stride, padding",
+    [(2, None, 0), (3, 2, 1), ((3, 2), (2, 1), (1, 1)), (2, 2, 1), (3, 1, (0, 1))],
+)
+def test_avg_pool2d_matches_pytorch(window, stride, padding, count_include_pad):
+    torch = pytest.importorskip("torch")
+    x = _random((2, 7, 6, 3))
+    layer = avg_pool2d(window, stride, padding, count_include_pad=count_include_pad)
+    y, cache = layer.forward((), x)
+    dy = _random(y.shape, seed=1)
+    y_t, dx_t = _torch_pool(
+        torch.nn.functional.avg_pool2d,
+        x,
+        dy,
+        kernel_size=window,
+        stride=stride,
+        padding=padding,
+        count_include_pad=count_include_pad,
+    )
+    np.testing.assert_allclose(y, y_t, rtol=1e-12)
+    np.testing.assert_allclose(layer.backward((), cache, dy)[0], dx_t, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("ties", [False, True], ids=["continuous", "ties"])
+@pytest.mark.parametrize(
+    "window, stride, padding", [(2, None, 0), (2, 2, 1), (3, 2, 1), ((3, 2), (1, 2), (1, 0))]
+)
+def test_max_pool2d_matches_pytorch(window, stride, padding, ties):
+    torch = pytest.importorskip("torch")
+    x = _random((2, 7, 6, 3))
+    if ties:  # PyTorch's CPU kernel also takes the first maximum in row-major order
+        x = jnp.round(x)
+    layer = max_pool2d(window, stride, padding)
+    y, cache = layer.forward((), x)
+    dy = _random(y.shape, seed=1)
+    y_t, dx_t = _torch_pool(
+        torch.nn.functional.max_pool2d, x, dy, kernel_size=window, stride=stride, padding=padding
+    )
+    np.testing.assert_array_equal(y, y_t)
+    np.testing.assert_allclose(layer.backward((), cache, dy)[0], dx_t, rtol=1e-12, atol=1e-12)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [max_pool2d, avg_pool2d])
+@pytest.mark.parametrize("window", [0, -1, 1.5, (2, 2, 2), (2, 0), True, "2"])
+def test_bad_window_is_rejected_by_the_factory(make, window):
+    with pytest.raises(ValueError, match=rf"{make.__name__}: window must be a positive int"):
+        make(window)
+
+
+@pytest.mark.parametrize("make", [max_pool2d, avg_pool2d])
+def test_bad_stride_and_padding_are_rejected_by_the_factory(make):
+    name = make.__name__
+    with pytest.raises(ValueError, match=rf"{name}: stride must be a positive int.*got 0"):
+        make(2, stride=0)
+    with pytest.raises(ValueError, match=rf"{name}: padding must be 'VALID', 'SAME'.*'FULL'"):
+        make(2, padding="FULL")
+    with pytest.raises(ValueError, match=rf"{name}: padding must be non-negative"):
+        make(3, padding=-1)
+    with pytest.raises(ValueError, match=rf"{name}: padding must be .*got \(1, 1, 1\)"):
+        make(3, padding=(1, 1, 1))
+
+
+@pytest.mark.parametrize("make", [max_pool2d, avg_pool2d])
+def test_padding_more_than_half_the_window_is_rejected(make):
+    name = make.__name__
+    with pytest.raises(
+        ValueError, match=rf"{name}: padding 2 is more than half the window \(3, 3\)"
+    ):
+        make(3, padding=2)
+    with pytest.raises(ValueError, match=rf"{name}: padding .* more than half the window \(2, 4\)"):
+        make((2, 4), padding=((1, 2), (0, 0)))
+    make((2, 4), padding=((1, 1), (2, 2)))  # exactly half is fine
+
+
+def test_avg_pool2d_count_include_pad_must_be_bool():
+    with pytest.raises(ValueError, match="avg_pool2d: count_include_pad must be a bool"):
+        avg_pool2d(2, count_include_pad=1)
+
+
+@pytest.mark.parametrize("make", [max_pool2d, avg_pool2d])
+def test_wrong_rank_names_layer_and_shape(make):
+    name = make.__name__
+    layer = make(2)
+    with pytest.raises(
+        ValueError, match=rf"{name}: expected an NHWC input .*got shape \(2, 8, 3\)"
+    ):
+        layer.init(None, (2, 8, 3))
+    with pytest.raises(ValueError, match=rf"{name}: expected an NHWC input .*\(1, 2, 8, 8, 3\)"):
+        layer.forward((), jnp.zeros((1, 2, 8, 8, 3)))
+
+
+@pytest.mark.parametrize("make", [max_pool2d, avg_pool2d])
+def test_window_larger_than_padded_input_names_both_shapes(make):
+    name = make.__name__
+    layer = make(4, padding=1)
+    msg = rf"{name}: window \(4, 4\) does not fit.*\(2, 1, 5, 3\).*spatial size \(3, 7\)"
+    with pytest.raises(ValueError, match=msg):
+        layer.init(None, (2, 1, 5, 3))
+    with pytest.raises(ValueError, match=msg):
+        layer.forward((), jnp.zeros((2, 1, 5, 3)))
+
+
+@pytest.mark.parametrize("layer", [max_pool2d(2), avg_pool2d(2), global_avg_pool()])
+def test_params_must_be_empty_and_input_float(layer):
+    with pytest.raises(TypeError, match=f"{layer.name}: this layer has no parameters"):
+        layer.forward({"w": jnp.ones(2)}, jnp.zeros((1, 4, 4, 2)))
+    with pytest.raises(TypeError, match=f"{layer.name}: x must be a floating-point array"):
+        layer.forward((), jnp.zeros((1, 4, 4, 2), jnp.int32))
+
+
+def test_global_avg_pool_needs_a_spatial_axis():
+    layer = global_avg_pool()
+    with pytest.raises(ValueError, match=r"global_avg_pool: .*spatial axis, got shape \(4, 3\)"):
+        layer.init(None, (4, 3))
+    with pytest.raises(ValueError, match=r"global_avg_pool: .*spatial axis, got shape \(4, 3\)"):
+        layer.forward((), jnp.zeros((4, 3)))
