@@ -71,8 +71,13 @@ def to_jax(layer: Layer) -> Callable:
 
 def _zeros_like(tree):
     return jax.tree_util.tree_map(
-        lambda a: jax.numpy.zeros_like(a) if hasattr(a, "dtype") and not
-        jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key) else None, tree)
+        lambda a: (
+            jax.numpy.zeros_like(a)
+            if hasattr(a, "dtype") and not jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)
+            else None
+        ),
+        tree,
+    )
 
 
 def from_jax(

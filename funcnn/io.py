@@ -65,14 +65,16 @@ def load(path: str | os.PathLike, like):
             raise ValueError(
                 f"load: {path} does not match the template's structure: "
                 f"missing leaves {missing[:5]}, unexpected leaves {extra[:5]}"
-                + ("" if missing or extra else " (same leaves in another order)"))
+                + ("" if missing or extra else " (same leaves in another order)")
+            )
         out = []
         for i, (p, ref) in enumerate(zip(paths, leaves, strict=True)):
             arr = data[f"leaf_{i}"]
             if arr.shape != np.shape(ref) or arr.dtype != np.asarray(ref).dtype:
                 raise ValueError(
                     f"load: leaf {p} in {path} has shape {arr.shape} and dtype {arr.dtype}, "
-                    f"the template has shape {np.shape(ref)} and dtype {np.asarray(ref).dtype}")
+                    f"the template has shape {np.shape(ref)} and dtype {np.asarray(ref).dtype}"
+                )
             out.append(jax.numpy.asarray(arr))
     return treedef.unflatten(out)
 
