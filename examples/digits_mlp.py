@@ -18,8 +18,7 @@ import time
 
 import jax
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
+from digits_common import load_data, progress
 
 import funcnn as fn
 
@@ -32,28 +31,6 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default="digits_mlp.png", help="where to save the curves")
     return parser.parse_args()
-
-
-def load_data(seed):
-    """Standardized float32 features and int32 labels, split 80/20 (stratified)."""
-    digits = load_digits()
-    x = digits.data.astype(np.float32)  # (1797, 64), pixel intensities 0..16
-    y = digits.target.astype(np.int32)  # (1797,), classes 0..9
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.2, random_state=seed, stratify=y
-    )
-    mean, std = x_train.mean(0), x_train.std(0)
-    std = np.where(std > 0, std, 1.0)  # some border pixels are 0 in every training image
-    return (x_train - mean) / std, (x_test - mean) / std, y_train, y_test
-
-
-def progress(epochs):
-    """A tqdm bar over the epochs if tqdm is installed, else a plain range."""
-    try:
-        from tqdm import trange
-    except ImportError:
-        return range(epochs)
-    return trange(epochs, desc="train", unit="epoch")
 
 
 def save_plot(history, path):

@@ -14,26 +14,34 @@ from funcnn.layers.activations import (
     softplus,
     tanh,
 )
+from funcnn.layers.conv import conv1d, conv2d, conv_transpose2d
 from funcnn.layers.dense import bias, dense, linear
 from funcnn.layers.dropout import dropout
 from funcnn.layers.embedding import embedding
 from funcnn.layers.normalization import batchnorm, layernorm
+from funcnn.layers.pooling import avg_pool2d, global_avg_pool, max_pool2d
 from funcnn.layers.shape import flatten, reshape
 
 __all__ = [
+    "avg_pool2d",
     "batchnorm",
     "bias",
+    "conv1d",
+    "conv2d",
+    "conv_transpose2d",
     "dense",
     "dropout",
     "elu",
     "embedding",
     "flatten",
     "gelu",
+    "global_avg_pool",
     "identity",
     "layernorm",
     "leaky_relu",
     "linear",
     "log_softmax",
+    "max_pool2d",
     "relu",
     "reshape",
     "selu",
