@@ -78,7 +78,7 @@ def main():
     loss = fn.losses.softmax_cross_entropy()
     optimizer = fn.optim.adam(args.lr)
     key, init_key = jax.random.split(jax.random.PRNGKey(args.seed))
-    params, state, out_shape = model.init(init_key, (args.batch_size, *x_train.shape[1:]))
+    params, state, _ = model.init(init_key, (args.batch_size, *x_train.shape[1:]))
     print(fn.summary(model, (args.batch_size, *x_train.shape[1:])))
     opt_state = optimizer.init(params)
     step = fn.train.train_step(model, loss, optimizer)  # wide model: takes state and a key
