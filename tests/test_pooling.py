@@ -235,11 +235,20 @@ def test_nondividing_input_gradient_is_zero_past_the_last_window():
 # --- cache and global pooling -------------------------------------------------------------
 
 
-def test_max_pool2d_caches_only_a_byte_per_output():
-    x = _random((2, 8, 8, 3)).astype(jnp.float32)
-    y, cache = jax.jit(max_pool2d(2).forward)((), x)
+@pytest.mark.parametrize(
+    "layer, dtype",
+    [
+        (max_pool2d(2), jnp.uint8),  # tiling windows: one byte per output
+        (max_pool2d(2, padding=1), jnp.uint8),
+        (max_pool2d(3, stride=2), jnp.int32),  # overlapping windows
+        (max_pool2d(2, stride=3), jnp.int32),  # gaps between windows
+    ],
+)
+def test_max_pool2d_caches_only_the_offset_of_each_maximum(layer, dtype):
+    x = _random((2, 9, 9, 3)).astype(jnp.float32)
+    y, cache = jax.jit(layer.forward)((), x)
     (leaf,) = jax.tree_util.tree_leaves(cache)
-    assert leaf.dtype == jnp.uint8 and leaf.shape == y.shape
+    assert leaf.dtype == dtype and leaf.shape == y.shape
 
 
 def test_avg_pools_cache_no_arrays():

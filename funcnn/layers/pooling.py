@@ -9,16 +9,15 @@ has the output's shape ``(N, Ho, Wo, C)`` and holds, for every output position, 
 input element at that offset of its window (``xp`` is the padded input). The forward
 combines the ``S_ij`` elementwise (a running max, or a sum), which XLA fuses into one
 loop. The backward is the transpose of taking those slices: each offset's share of
-``dy`` goes back to rows ``i + sh * a`` and columns ``j + sw * b``. When the windows tile
-the input (``stride == window``) every input element belongs to exactly one window and
-the shares, stacked as ``(N, Ho, wh, Wo, ww, C)``, are simply reshaped to the input
-grid; otherwise they are summed phase by phase (see :func:`_spread`). Finally edge
-padding of ``lax.pad`` cuts off the padding rows (negative padding) and gives zero
-gradient to the rows no window reads (positive padding).
+``dy`` goes back to rows ``i + sh * a`` and columns ``j + sw * b`` of ``xp``, and the
+padding rows and columns are dropped. When the windows tile the input
+(``stride == window``) every input element belongs to exactly one window, and the shares,
+stacked as ``(N, Ho, wh, Wo, ww, C)``, are simply reshaped to the input grid; otherwise
+they are summed phase by phase (see :func:`_spread`). Rows and columns that no window
+reads get zero gradient.
 
 Max pooling caches only the position of the maximum within each window (one byte per
-output element for windows of up to 256 elements); the derivation is in
-``docs/layers/pooling.md``.
+output element for tiling windows); the derivations are in ``docs/layers/pooling.md``.
 """
 
 from __future__ import annotations
@@ -189,45 +188,46 @@ def _spread(g: _Geometry, share) -> jnp.ndarray:
 
     ``share(k)`` is offset ``k``'s contribution, shaped ``(N, Ho, Wo, C)``; for tiling
     windows ``share(None)`` must instead return all offsets at once, broadcastable to
-    ``(N, Ho, wh, Wo, ww, C)``. The result has the unpadded input's shape: padding rows
-    are cut off and rows no window reads are zero.
+    ``(N, Ho, wh, Wo, ww, C)``. The result has the unpadded input's shape: shares landing
+    in the padding are dropped and rows no window reads are zero.
 
-    General strides go by phase: padded row ``r = sh * q + p`` (``0 <= p < sh``) is read
-    by offset ``i = p + sh * t`` of window ``a = q - t``. So the rows of phase ``p`` are the
-    sum over those ``i`` of the shares shifted down by ``t`` rows on the *output* grid
+    Other strides go by phase, in input coordinates: offset ``i`` of window ``a`` lands on
+    input row ``sh * a + i - top``; writing ``i - top = p + sh * t`` (``0 <= p < sh``, floor
+    division) that is row ``sh * q + p`` with ``q = a + t``. So the rows of phase ``p`` are
+    the sum over those ``i`` of the shares shifted by ``t`` rows on the *output* grid
     (likewise for columns), and the ``sh * sw`` phase grids interleave into the input grid
-    by a stack and a reshape. This costs ``wh * ww`` additions on the output grid, not on
-    the input grid, and XLA fuses it into one loop.
+    by a stack and a reshape. That is ``wh * ww`` additions on the output grid, which XLA
+    fuses into one loop.
     """
     (n, h, w, c), (ho, wo), (wh, ww), (sh, sw) = g.shape, g.out, g.window, g.stride
     (top, _), (left, _) = g.pads
     zero = jnp.zeros((), g.dtype)
-    if g.tiles:  # one window per input element: the phase grids are the offsets themselves
-        qh, qw = ho, wo
+    if g.tiles:  # one window per input element: the offsets are the phases, no shifts
         blocks = jnp.broadcast_to(share(None), (n, ho, wh, wo, ww, c)).astype(g.dtype)
-    else:
-        qh, qw = ho + -(-wh // sh) - 1, wo + -(-ww // sw) - 1  # block rows/cols reached
-        phase_rows = []
-        for ph in range(sh):
-            phase_cols = []
-            for pw in range(sw):
-                acc = jnp.zeros((n, qh, qw, c), g.dtype)
-                for i in range(ph, wh, sh):
-                    for j in range(pw, ww, sw):
-                        th, tw = (i - ph) // sh, (j - pw) // sw  # shift on the output grid
-                        config = [(0, 0, 0), (th, qh - ho - th, 0), (tw, qw - wo - tw, 0)]
-                        acc += lax.pad(
-                            share(i * ww + j).astype(g.dtype), zero, [*config, (0, 0, 0)]
-                        )
-                phase_cols.append(acc)
-            phase_rows.append(jnp.stack(phase_cols, axis=3))  # (N, qh, qw, sw, C)
-        blocks = jnp.stack(phase_rows, axis=2)  # (N, qh, sh, qw, sw, C)
-    blocks = blocks.reshape(n, qh * blocks.shape[2], qw * blocks.shape[4], c)
-    # Padded coordinates -> input coordinates: negative edge padding cuts the padding off,
-    # positive edge padding appends zero rows for the input rows no window reads.
-    rows, cols = blocks.shape[1:3]
-    config = [(0, 0, 0), (-top, h + top - rows, 0), (-left, w + left - cols, 0), (0, 0, 0)]
-    return lax.pad(blocks, zero, config)
+        blocks = blocks.reshape(n, ho * wh, wo * ww, c)  # padded coordinates
+        # Negative edge padding cuts off the padding; positive appends unread (zero) rows.
+        config = [(0, 0), (-top, h + top - ho * wh), (-left, w + left - wo * ww), (0, 0)]
+        return lax.pad(blocks, zero, [(lo, hi, 0) for lo, hi in config])
+    qh, qw = -(-h // sh), -(-w // sw)  # block rows and columns covering the input
+    phases = {}  # (p_h, p_w) -> (N, qh, qw, C)
+    for i in range(wh):
+        th, ph = divmod(i - top, sh)
+        for j in range(ww):
+            tw, pw = divmod(j - left, sw)
+            # Shift by (th, tw) on the output grid; negative edge padding drops the rows
+            # that fall outside the input (into the padding).
+            config = [(0, 0), (th, qh - ho - th), (tw, qw - wo - tw), (0, 0)]
+            part = lax.pad(share(i * ww + j).astype(g.dtype), zero, [(*e, 0) for e in config])
+            phases[ph, pw] = part if (ph, pw) not in phases else phases[ph, pw] + part
+    empty = jnp.zeros((n, qh, qw, c), g.dtype)  # phases that no offset reaches (gaps)
+    blocks = jnp.stack(
+        [jnp.stack([phases.get((a, b), empty) for b in range(sw)], axis=3) for a in range(sh)],
+        axis=2,
+    )  # (N, qh, sh, qw, sw, C)
+    dx = blocks.reshape(n, qh * sh, qw * sw, c)
+    if (qh * sh, qw * sw) != (h, w):  # the last block row/column overhangs the input
+        dx = dx[:, :h, :w]
+    return dx
 
 
 def _tiled_offsets(g: _Geometry, dtype):
@@ -274,13 +274,14 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
     exactly one element per window receives the gradient (PyTorch's CPU kernel picks
     the same one).
 
-    Cache: the offset ``k* = i* * ww + j*`` of each window's maximum, shaped like ``y``,
-    as ``uint8`` for windows of up to 256 elements (else ``int32``), plus static shapes.
+    Cache: the offset ``k* = i* * ww + j*`` of each window's maximum, shaped like ``y``
+    (plus static shapes): ``uint8`` when the windows tile the input (``stride == window``,
+    up to 256 elements), else ``int32``. For 2x2 windows that is 1/16 of ``x``'s bytes.
 
     >>> import jax.numpy as jnp
     >>> from funcnn.layers.pooling import max_pool2d
     >>> layer = max_pool2d(2)
-    >>> x = jnp.array([1.0, 3.0, 3.0, 2.0]).reshape(1, 2, 2, 1)
+    >>> x = jnp.array([1.0, 3.0, 3.0, 2.0], jnp.float32).reshape(1, 2, 2, 1)
     >>> y, cache = layer.forward((), x)
     >>> y.ravel()
     Array([3.], dtype=float32)
@@ -291,7 +292,11 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
     window = _pair(name, "window", window)
     stride = window if stride is None else _pair(name, "stride", stride)
     padding = _parse_padding(name, padding, window)
-    index_dtype = np.uint8 if window[0] * window[1] <= 256 else np.int32
+    # Tiling windows keep the offset in one byte. Other strides read it back through
+    # shifted, bounds-checked loads (see _spread), which XLA's CPU code vectorizes only
+    # for 32-bit elements, so they keep an int32: 4x the bytes, a 4-10x faster backward.
+    tiles = stride == window and window[0] * window[1] <= 256
+    index_dtype = np.uint8 if tiles else np.int32
 
     def forward(params, x):
         _check_x(name, params, x)
@@ -311,8 +316,11 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
     def backward(params, cache, dy):
         arg, g = cache[0], cache[1].value
         if g.tiles:
-            # One window per input element: route dy with a one-hot over the offsets.
-            onehot = _blocks(arg) == _tiled_offsets(g, index_dtype)
+            # One window per input element: route dy with a one-hot over the offsets. Byte
+            # offsets are compared as floats (exact up to 256): a uint8 compare feeding a
+            # float select vectorizes badly on CPU.
+            compare = dy.dtype if index_dtype == np.uint8 else index_dtype
+            onehot = _blocks(arg.astype(compare)) == _tiled_offsets(g, compare)
             return _spread(g, lambda _: jnp.where(onehot, _blocks(dy), 0)), ()
         return _spread(g, lambda k: jnp.where(arg == index_dtype(k), dy, 0)), ()
 
@@ -354,7 +362,7 @@ def avg_pool2d(window, stride=None, padding=0, count_include_pad: bool = True) -
     >>> import jax.numpy as jnp
     >>> from funcnn.layers.pooling import avg_pool2d
     >>> layer = avg_pool2d(2, padding=1, count_include_pad=False)
-    >>> y, cache = layer.forward((), jnp.ones((1, 2, 2, 1)))
+    >>> y, cache = layer.forward((), jnp.ones((1, 2, 2, 1), jnp.float32))
     >>> y[0, :, :, 0]
     Array([[1., 1.],
            [1., 1.]], dtype=float32)
@@ -401,7 +409,7 @@ def global_avg_pool() -> Layer:
 
     >>> import jax.numpy as jnp
     >>> from funcnn.layers.pooling import global_avg_pool
-    >>> y, cache = global_avg_pool().forward((), jnp.arange(6.0).reshape(1, 3, 2))
+    >>> y, cache = global_avg_pool().forward((), jnp.arange(6, dtype=jnp.float32).reshape(1, 3, 2))
     >>> y
     Array([[2., 3.]], dtype=float32)
     """
