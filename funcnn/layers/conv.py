@@ -14,11 +14,11 @@ convolution*::
 stride - 1`` and a stride-1 convolution, which is what a transposed convolution is. So one
 forward (:func:`_conv_forward`) and one backward (:func:`_conv_backward`) serve all three.
 
-The backward never puts padding or input dilation inside ``lax.conv_general_dilated``:
-both are explicit ``lax.pad`` calls and every convolution is ``VALID``. This matters on
-XLA:CPU (jax 0.10.2), whose algebraic simplifier aborts the process on the input gradient
-``jax.vjp`` builds for some strided convolutions with padding (see ``docs/layers/conv.md``
-and ``_XLA_TRAP`` below).
+XLA folds ``lax.pad`` calls back into a convolution's window, so what matters is which
+window each convolution ends up with. On strided axes the input gradient pads the
+cotangent by the kernel's full extent and crops afterwards. That keeps it clear of the
+window XLA:CPU (jax 0.10.2) aborts on, the one ``jax.vjp`` builds for some strided
+convolutions with padding (see ``docs/layers/conv.md``).
 """
 
 from __future__ import annotations
@@ -33,15 +33,10 @@ from funcnn.core import Layer, check_float, check_input_shape, check_params, che
 from funcnn.initializers import Initializer, glorot_normal, zeros
 
 # The configuration that kills the interpreter when jax.vjp differentiates
-# lax.conv_general_dilated on CPU with jax 0.10.2 (tests/test_conv.py runs it in a
-# subprocess against our backward):
+# lax.conv_general_dilated on CPU with jax 0.10.2 (tests/test_conv.py runs it through our
+# backward in a subprocess):
 #   x (2, 3, 4, 4) NHWC, kernel (3, 2, 4, 1) HWIO, stride (2, 2), padding ((2, 1), (1, 1)).
-_XLA_TRAP = {
-    "x": (2, 3, 4, 4),
-    "w": (3, 2, 4, 1),
-    "stride": (2, 2),
-    "padding": ((2, 1), (1, 1)),
-}
+# When it happens and why our backward avoids it: docs/layers/conv.md, "The XLA:CPU trap".
 
 # --- hyperparameter normalization -------------------------------------------------------
 
@@ -195,42 +190,70 @@ def _conv_backward(x, w, dy, pads, stride, dilation, groups, precision):
 
     Rows of ``xp`` past the last window (stride not dividing the input) get zero
     gradient: ``dy`` is padded on the high side by their count, and they are cropped
-    from ``xp`` before ``dw``.
+    from ``xp`` before ``dw``. ``xp`` itself is never materialized for a plain
+    convolution: its edge padding goes inside the ``dw`` convolution.
     """
     nd = x.ndim - 2
     dtype = jnp.result_type(x, w)
-    xp = _pad(x.astype(dtype), pads)
-    w_c = w.astype(dtype)
-    dy = dy.astype(dtype)
+    x_c, dy = x.astype(dtype), dy.astype(dtype)
     span = [d * (k - 1) + 1 for k, d in zip(w.shape[:nd], dilation, strict=True)]
+    padded = [
+        lo + n + (n - 1) * it + hi for n, (lo, hi, it) in zip(x.shape[1:-1], pads, strict=True)
+    ]
     used = [(o - 1) * s + e for o, s, e in zip(dy.shape[1:-1], stride, span, strict=True)]
-    unread = [p - u for p, u in zip(xp.shape[1:-1], used, strict=True)]
+    unread = [p - u for p, u in zip(padded, used, strict=True)]
 
-    # dx: a stride-1 VALID correlation of the stride-dilated, edge-padded dy with the
-    # flipped kernel (the transposed convolution), then the adjoint of the input padding.
-    dy_dilated = _pad(
-        dy, tuple((e - 1, e - 1 + r, s - 1) for e, r, s in zip(span, unread, stride, strict=True))
-    )
+    # dx: the transposed convolution, one spatial axis at a time.
+    # * Strided axes: dy gets s - 1 zeros between entries and the full d (K - 1) of padding
+    #   on both sides (plus the unread rows, high), so dxp covers all of xp; the padding
+    #   of x is cropped afterwards. Starting at x instead would leave a kernel-2 stride-2
+    #   axis with no padding, the window XLA:CPU aborts on (see docs/layers/conv.md).
+    # * Stride-1 axes: start the correlation where x starts and stop where it ends, so no
+    #   border is computed only to be cropped; with interior padding (transposed
+    #   convolution) step by interior + 1 so that only entries of x are computed.
+    dy_pads, steps, crops = [], [], []
+    for n, o, e, s, r, (lo, hi, it) in zip(
+        x.shape[1:-1], dy.shape[1:-1], span, stride, unread, pads, strict=True
+    ):
+        if s > 1:
+            dy_pads.append((e - 1, e - 1 + r, s - 1))
+            steps.append(1)
+            crops.append((lo, hi, it))
+        else:
+            low = e - 1 - lo  # negative: those dy entries only reach the padding of x
+            dy_pads.append((low, (n - 1) * (it + 1) + e - o - low, 0))
+            steps.append(it + 1)
+            crops.append((0, 0, 0))
     dxp = lax.conv_general_dilated(
-        dy_dilated,
-        _flip_transpose_kernel(w_c, groups),
-        window_strides=(1,) * nd,
+        _pad(dy, tuple(dy_pads)),
+        _flip_transpose_kernel(w.astype(dtype), groups),
+        window_strides=tuple(steps),
         padding=((0, 0),) * nd,
         rhs_dilation=dilation,
         dimension_numbers=_dimension_numbers(nd),
         feature_group_count=groups,
         precision=precision,
     )
-    dx = _unpad(dxp, pads)
+    dx = _unpad(dxp, tuple(crops))
 
     # dw: correlate the part of xp the windows read with dy (dy as the kernel, dilated by
-    # the stride; windows step by the dilation); groups split the channels of xp.
-    xp_read = xp[(slice(None), *(slice(0, u) for u in used), slice(None))]
+    # the stride; windows step by the dilation); groups split the channels of xp. Plain
+    # edge padding of x goes inside this convolution (as in the one jax.vjp builds), which
+    # saves writing xp out; interior zeros and negative padding (transposed convolution)
+    # are applied by lax.pad first.
+    before, inside = [], []
+    for n, (lo, hi, it), r in zip(x.shape[1:-1], pads, unread, strict=True):
+        if it == 0 and lo >= 0 and hi - r > -n:  # (the windows read at least one row of x)
+            before.append((0, min(hi - r, 0), 0))  # crop rows of x past the last window
+            inside.append((lo, max(hi - r, 0)))
+        else:
+            before.append((lo, hi - r, it))
+            inside.append((0, 0))
     dw = lax.conv_general_dilated(
-        xp_read,
+        _pad(x_c, tuple(before)),
         dy,
         window_strides=dilation,
-        padding=((0, 0),) * nd,
+        padding=tuple(inside),
         rhs_dilation=stride,
         dimension_numbers=_kernel_grad_dimension_numbers(nd),
         batch_group_count=groups,
@@ -387,9 +410,8 @@ def _conv(
     return Layer(init, forward, backward, name=name)
 
 
-_CONV_DOC_MATH = """
-    With ``xp`` the zero-padded input, ``s`` the stride, ``d`` the dilation, ``G`` the
-    groups, ``Cg = C / G`` and ``g = o // (F / G)`` the group of output feature ``o``::
+_CONV_DOC_MATH = """With ``xp`` the zero-padded input, ``s`` the stride, ``d`` the dilation,
+    ``G`` the groups, ``Cg = C / G`` and ``g = o // (F / G)`` the group of output feature ``o``::
 
         y[n, i, o] = b[o] + sum_{k, c < Cg} xp[n, i s + k d, g Cg + c] w[k, c, o]
 
@@ -404,9 +426,9 @@ _CONV_DOC_MATH = """
     zeros between entries, padded by ``d (k - 1)``) with the kernel flipped along its
     spatial axes and its in/out axes swapped within each group. ``dw`` is a correlation of
     ``xp`` with ``dy``. Input rows past the last window (a stride that does not divide the
-    padded input) get zero gradient. Both are ``VALID`` calls of
-    ``lax.conv_general_dilated``, with all padding and dilation of ``dy`` done by
-    ``lax.pad``.
+    padded input) get zero gradient. Each gradient is one ``lax.conv_general_dilated`` call;
+    the zeros and padding of ``dy`` are inserted by ``lax.pad``, and on stride-1 axes only
+    the entries of ``dx`` (not of the padding) are computed.
 """
 
 
@@ -424,7 +446,7 @@ def conv2d(
     dtype=jnp.float32,
     precision: lax.Precision | None = None,
 ) -> Layer:
-    """2-d convolution (cross-correlation, as every framework), channels-last.
+    """2-d convolution (a cross-correlation, as in every framework), channels-last.
 
     Args:
       features: output channels ``F``; divisible by ``groups``.
@@ -446,6 +468,7 @@ def conv2d(
     Shapes: ``x (N, H, W, C) -> y (N, Ho, Wo, F)`` with, per spatial axis,
     ``Ho = (H + low + high - d (k - 1) - 1) // s + 1``; kernel ``w (kh, kw, C / groups, F)``
     (HWIO), bias ``b (F,)``.
+
     {math}
     Cache: ``x``.
 
@@ -498,6 +521,7 @@ def conv1d(
 
     Shapes: ``x (N, W, C) -> y (N, Wo, F)``, ``Wo = (W + low + high - d (k - 1) - 1) // s + 1``;
     kernel ``w (k, C / groups, F)`` (WIO), bias ``b (F,)``.
+
     {math}
     Cache: ``x``.
 
