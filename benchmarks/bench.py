@@ -79,8 +79,11 @@ def _timed(thunk) -> float:
 
 
 def _nbytes(tree) -> int:
-    return sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(tree)
-               if hasattr(leaf, "dtype"))
+    return sum(
+        leaf.size * leaf.dtype.itemsize
+        for leaf in jax.tree_util.tree_leaves(tree)
+        if hasattr(leaf, "dtype")
+    )
 
 
 def funcnn_cache_bytes(model, loss, params, x, y) -> int:
@@ -100,8 +103,13 @@ def vjp_residual_bytes(loss_fn, params, x, y) -> tuple[int, int]:
     residuals = jax.tree_util.tree_leaves(vjp_fn)
     param_ptrs = {p.unsafe_buffer_pointer() for p in jax.tree_util.tree_leaves(params)}
     total = _nbytes(residuals)
-    not_params = _nbytes([r for r in residuals if hasattr(r, "unsafe_buffer_pointer")
-                          and r.unsafe_buffer_pointer() not in param_ptrs])
+    not_params = _nbytes(
+        [
+            r
+            for r in residuals
+            if hasattr(r, "unsafe_buffer_pointer") and r.unsafe_buffer_pointer() not in param_ptrs
+        ]
+    )
     return total, not_params
 
 
@@ -137,8 +145,12 @@ def mlp_case(batch: int):
 
     def torch_model(torch):
         return torch.nn.Sequential(
-            torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
-            torch.nn.ReLU(), torch.nn.Linear(512, 10))
+            torch.nn.Linear(784, 512),
+            torch.nn.ReLU(),
+            torch.nn.Linear(512, 512),
+            torch.nn.ReLU(),
+            torch.nn.Linear(512, 10),
+        )
 
     def to_jax_params(params):
         return [params[0], params[2], params[4]]
@@ -146,20 +158,34 @@ def mlp_case(batch: int):
     flops = 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
     # forward 2*B*sum(in*out); backward: dW and dx for every layer but the first's dx.
     flops -= 2 * batch * sizes[0] * sizes[1]
-    return dict(name=f"MLP 784-512-512-10, batch {batch}", model=model, in_shape=(batch, 784),
-                jax_logits=jax_logits, to_jax_params=to_jax_params, torch_model=torch_model,
-                torch_input=lambda x: x, flops=flops)
+    return dict(
+        name=f"MLP 784-512-512-10, batch {batch}",
+        model=model,
+        in_shape=(batch, 784),
+        jax_logits=jax_logits,
+        to_jax_params=to_jax_params,
+        torch_model=torch_model,
+        torch_input=lambda x: x,
+        flops=flops,
+    )
 
 
 def cnn_case(batch: int = 64):
     model = fn.sequential(
-        fn.conv2d(32, 3, padding="SAME"), fn.relu(), fn.max_pool2d(2),
-        fn.conv2d(64, 3, padding="SAME"), fn.relu(), fn.max_pool2d(2),
-        fn.flatten(), fn.dense(10))
+        fn.conv2d(32, 3, padding="SAME"),
+        fn.relu(),
+        fn.max_pool2d(2),
+        fn.conv2d(64, 3, padding="SAME"),
+        fn.relu(),
+        fn.max_pool2d(2),
+        fn.flatten(),
+        fn.dense(10),
+    )
 
     def conv(x, p):
-        y = lax.conv_general_dilated(x, p["w"], (1, 1), "SAME",
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = lax.conv_general_dilated(
+            x, p["w"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
         return y + p["b"]
 
     def pool(x):  # the idiomatic (flax-style) max-pool: reduce_window, autodiff backward
@@ -173,9 +199,15 @@ def cnn_case(batch: int = 64):
 
     def torch_model(torch):
         return torch.nn.Sequential(
-            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(), torch.nn.Linear(64 * 7 * 7, 10))
+            torch.nn.Conv2d(1, 32, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(),
+            torch.nn.Linear(64 * 7 * 7, 10),
+        )
 
     def to_jax_params(params):
         return [params[0], params[3], params[7]]
@@ -183,10 +215,16 @@ def cnn_case(batch: int = 64):
     conv_flops = 2 * batch * (28 * 28 * 9 * 1 * 32 + 14 * 14 * 9 * 32 * 64)
     dense_flops = 2 * batch * 3136 * 10
     flops = 3 * (conv_flops + dense_flops) - 2 * batch * 28 * 28 * 9 * 32  # no dx for the image
-    return dict(name=f"CNN 28x28x1 conv32-pool-conv64-pool-dense10, batch {batch}", model=model,
-                in_shape=(batch, 28, 28, 1), jax_logits=jax_logits,
-                to_jax_params=to_jax_params, torch_model=torch_model,
-                torch_input=lambda x: x.permute(0, 3, 1, 2).contiguous(), flops=flops)
+    return dict(
+        name=f"CNN 28x28x1 conv32-pool-conv64-pool-dense10, batch {batch}",
+        model=model,
+        in_shape=(batch, 28, 28, 1),
+        jax_logits=jax_logits,
+        to_jax_params=to_jax_params,
+        torch_model=torch_model,
+        torch_input=lambda x: x.permute(0, 3, 1, 2).contiguous(),
+        flops=flops,
+    )
 
 
 # --- running one case ----------------------------------------------------------------------
@@ -231,11 +269,20 @@ def run_case(case, repeats: int, torch, rate: float) -> dict:
 
     cache = funcnn_cache_bytes(model, loss, params, x, y)
     residual_all, residual_no_params = vjp_residual_bytes(
-        jax_loss, case["to_jax_params"](params), x, y)
+        jax_loss, case["to_jax_params"](params), x, y
+    )
     gflops = case["flops"] / t_funcnn / 1e9
-    return dict(name=case["name"], funcnn=t_funcnn, jax=t_jax, torch=t_torch, gflops=gflops,
-                rate=rate, cache=cache, residual_all=residual_all,
-                residual_no_params=residual_no_params)
+    return dict(
+        name=case["name"],
+        funcnn=t_funcnn,
+        jax=t_jax,
+        torch=t_torch,
+        gflops=gflops,
+        rate=rate,
+        cache=cache,
+        residual_all=residual_all,
+        residual_no_params=residual_no_params,
+    )
 
 
 def torch_step_seconds(torch, case, params, x, y, repeats: int) -> float:
@@ -275,7 +322,8 @@ def report(results, rate) -> str:
         lines.append(
             f"| {r['name']} | {r['funcnn'] * 1e3:.3f} | {r['jax'] * 1e3:.3f} "
             f"| {r['funcnn'] / r['jax']:.3f} | {torch_ms} | {torch_ratio} "
-            f"| {r['gflops']:.1f} | {r['gflops'] / r['rate']:.0%} |")
+            f"| {r['gflops']:.1f} | {r['gflops'] / r['rate']:.0%} |"
+        )
     lines += [
         "",
         "| model | funcnn cache MB | jax.vjp residuals MB (all / without params) "
@@ -287,7 +335,8 @@ def report(results, rate) -> str:
         lines.append(
             f"| {r['name']} | {r['cache'] * mb:.2f} | {r['residual_all'] * mb:.2f} / "
             f"{r['residual_no_params'] * mb:.2f} | {r['cache'] / r['residual_all']:.2f} / "
-            f"{r['cache'] / r['residual_no_params']:.2f} |")
+            f"{r['cache'] / r['residual_no_params']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -303,8 +352,10 @@ def main():
         torch.set_num_threads(os.cpu_count() or 1)
     except ImportError:
         torch = None
-        print("PyTorch is not installed: the torch column is skipped "
-              "(pip install -e '.[bench]' to include it).")
+        print(
+            "PyTorch is not installed: the torch column is skipped "
+            "(pip install -e '.[bench]' to include it)."
+        )
 
     rate = matmul_rate(10)
     cases = []

@@ -180,7 +180,7 @@ def _explicit_pads(cfg):
     return padding
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(st.one_of(conv_configs(1), conv_configs(2)))
 def test_conv_matches_lax_forward_and_direct_backward(cfg):
     nd = cfg["nd"]
@@ -228,7 +228,7 @@ def test_conv_matches_lax_forward_and_direct_backward(cfg):
     np.testing.assert_allclose(dparams["b"], np.asarray(dy).sum(axis=tuple(range(nd + 1))))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     groups=st.sampled_from([1, 2]),
     kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),

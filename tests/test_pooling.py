@@ -86,7 +86,7 @@ def configs(draw):
     return shape, window, stride, pads
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(configs())
 def test_max_pool2d_matches_reduce_window(config):
     shape, window, stride, pads = config
@@ -100,7 +100,7 @@ def test_max_pool2d_matches_reduce_window(config):
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(configs(), st.booleans())
 def test_avg_pool2d_matches_reduce_window(config, count_include_pad):
     shape, window, stride, pads = config
