@@ -20,6 +20,7 @@ It prints Markdown tables; docs/benchmarks.md records what we measured.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import platform
 import statistics
@@ -46,7 +47,7 @@ def _block(tree):
     return tree
 
 
-def median_seconds(step, carry, repeats: int, warmup: int = 3) -> float:
+def median_seconds(step, carry, repeats: int, warmup: int = 3) -> tuple[float, object]:
     """Median wall time of ``carry = step(carry)``; the carry threads donated buffers."""
     for _ in range(warmup):
         carry = _block(step(carry))
@@ -55,7 +56,19 @@ def median_seconds(step, carry, repeats: int, warmup: int = 3) -> float:
         start = time.perf_counter()
         carry = _block(step(carry))
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), carry
+
+
+def interleaved(contenders: dict, repeats: int, rounds: int = 5) -> dict[str, float]:
+    """Time ``{name: (step, carry)}`` in alternating rounds and keep each one's best median,
+    so that a burst of load on the machine does not land on one contender only."""
+    best = {name: float("inf") for name in contenders}
+    carries = {name: carry for name, (_, carry) in contenders.items()}
+    for _ in range(rounds):
+        for name, (step, _) in contenders.items():
+            t, carries[name] = median_seconds(step, carries[name], max(repeats // rounds, 3))
+            best[name] = min(best[name], t)
+    return best
 
 
 def matmul_rate(repeats: int) -> float:
@@ -155,7 +168,7 @@ def mlp_case(batch: int):
     def to_jax_params(params):
         return [params[0], params[2], params[4]]
 
-    flops = 6 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+    flops = 6 * batch * sum(a * b for a, b in itertools.pairwise(sizes))
     # forward 2*B*sum(in*out); backward: dW and dx for every layer but the first's dx.
     flops -= 2 * batch * sizes[0] * sizes[1]
     return dict(
@@ -248,24 +261,25 @@ def run_case(case, repeats: int, torch, rate: float) -> dict:
         p, s, _ = step(p, s, x, y)
         return p, s
 
-    t_funcnn = median_seconds(fn_step, (fn_params, opt.init(fn_params)), repeats)
-
     # jax.grad of the same model written with plain jax.numpy / lax.
     def jax_loss(p, x, y):
         return _cross_entropy(case["jax_logits"](p, x), y)
 
     jax_step = _sgd_jax(jax_loss)
     jax_params = jax.tree_util.tree_map(jnp.copy, case["to_jax_params"](params))
-    t_jax = median_seconds(lambda p: jax_step(p, x, y)[0], jax_params, repeats)
+    contenders = {
+        "funcnn": (fn_step, (fn_params, opt.init(fn_params))),
+        "jax": (lambda p: jax_step(p, x, y)[0], jax_params),
+    }
+    if torch is not None:
+        contenders["torch"] = torch_step(torch, case, x, y)
+    times = interleaved(contenders, repeats)
+    t_funcnn, t_jax, t_torch = times["funcnn"], times["jax"], times.get("torch")
 
     # Correctness: both steps give the same loss value on the same params.
     v_funcnn = train.value_and_grad(model, loss)(params, x, y)[0]
     v_jax = jax_loss(case["to_jax_params"](params), x, y)
     assert abs(float(v_funcnn) - float(v_jax)) < 1e-4, (v_funcnn, v_jax)
-
-    t_torch = None
-    if torch is not None:
-        t_torch = torch_step_seconds(torch, case, params, x, y, repeats)
 
     cache = funcnn_cache_bytes(model, loss, params, x, y)
     residual_all, residual_no_params = vjp_residual_bytes(
@@ -285,11 +299,12 @@ def run_case(case, repeats: int, torch, rate: float) -> dict:
     )
 
 
-def torch_step_seconds(torch, case, params, x, y, repeats: int) -> float:
+def torch_step(torch, case, x, y):
+    """PyTorch eager: the same model, loss and SGD; returns ``(step, carry)`` for timing."""
     torch.manual_seed(0)
     net = case["torch_model"](torch)
-    xt = case["torch_input"](torch.from_numpy(np.asarray(x)))
-    yt = torch.from_numpy(np.asarray(y)).long()
+    xt = case["torch_input"](torch.from_numpy(np.array(x)))
+    yt = torch.from_numpy(np.array(y)).long()
     opt = torch.optim.SGD(net.parameters(), lr=LEARNING_RATE)
     criterion = torch.nn.CrossEntropyLoss()
 
@@ -300,7 +315,7 @@ def torch_step_seconds(torch, case, params, x, y, repeats: int) -> float:
         opt.step()
         return None
 
-    return median_seconds(step, None, repeats)
+    return step, None
 
 
 # --- report ------------------------------------------------------------------------------

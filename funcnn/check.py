@@ -198,10 +198,12 @@ def _check(
             problems.append(f"jit(forward) differs from forward by {output_abs:.3e}")
     key_dy, key_fd = jax.random.split(key)
     dy = _random_like(key_dy, y)
+
     dx, dparams = layer.backward(params, cache, dy)
 
-    # 2. The references, in one compiled function: jax.vjp of the forward, and the central
-    #    differences of L(theta) = <forward(theta), dy> along random directions per leaf.
+    # 2. The references: jax.vjp of the forward, and the central differences of
+    #    L(theta) = <forward(theta), dy> along random directions per leaf. L is compiled
+    #    once and evaluated at every shifted point (2 per direction per leaf).
     point = {"x": x_float, "params": params}
     flat_point, point_def = jax.tree_util.tree_flatten(point)
     keys = jax.random.split(key_fd, max(len(flat_point), 1))
@@ -211,26 +213,30 @@ def _check(
     ]
 
     @jax.jit
-    def references(flat, dirs, dy):
+    def vjp_reference(flat, dy):
         tree = point_def.unflatten(flat)
         y_ref, vjp_fn = jax.vjp(output, tree["params"], tree["x"])
-        ref_dparams, ref_dx = vjp_fn(dy)
+        return (y_ref, *vjp_fn(dy))
 
-        def loss_at(i, shift):
-            moved = list(flat)
-            moved[i] = flat[i] + shift
-            t = point_def.unflatten(moved)
-            return _vdot(output(t["params"], t["x"]), dy)
+    @jax.jit
+    def loss_at(flat):
+        tree = point_def.unflatten(flat)
+        return _vdot(output(tree["params"], tree["x"]), dy)
 
-        fd = [
-            jnp.stack(
-                [(loss_at(i, fd_eps * v) - loss_at(i, -fd_eps * v)) / (2 * fd_eps) for v in dirs[i]]
-            )
-            for i in range(len(flat))
-        ]
-        return y_ref, ref_dparams, ref_dx, fd
+    def shifted(i, delta):
+        return [a + delta if j == i else a for j, a in enumerate(flat_point)]
 
-    y_ref, ref_dparams, ref_dx, fd_values = references(flat_point, directions, dy)
+    y_ref, ref_dparams, ref_dx = vjp_reference(flat_point, dy)
+    fd_values = [
+        np.array(
+            [
+                float(loss_at(shifted(i, fd_eps * v)) - loss_at(shifted(i, -fd_eps * v)))
+                / (2 * fd_eps)
+                for v in directions[i]
+            ]
+        )
+        for i in range(len(flat_point))
+    ]
     problems += _structure_problems("y", y, y_ref)
     problems += _structure_problems("dparams", dparams, params)
     if has_float_x:
