@@ -182,6 +182,15 @@ def make_combinator(
     return Layer(pure_init, pure_forward, backward, name=name, wide=False, children=children)
 
 
+def along_last_axis(v: Array, ndim: int) -> Array:
+    """View a ``(d,)`` vector as ``(1, ..., 1, d)`` with ``ndim`` axes.
+
+    Library code broadcasts explicitly (the tests run with rank promotion raising), so a
+    bias or a per-feature statistic is reshaped to the input's rank before it is added.
+    """
+    return v.reshape((1,) * (ndim - 1) + v.shape)
+
+
 # --- validation helpers shared by every layer ------------------------------------------
 
 

@@ -29,7 +29,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcnn.core import Layer, check_float, check_input_shape, check_params, check_positive_int
+from funcnn.core import (
+    Layer,
+    along_last_axis,
+    check_float,
+    check_input_shape,
+    check_params,
+    check_positive_int,
+)
 from funcnn.initializers import Initializer, glorot_normal, zeros
 
 # The configuration that kills the interpreter when jax.vjp differentiates
@@ -262,10 +269,6 @@ def _conv_backward(x, w, dy, pads, stride, dilation, groups, precision):
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-def _bias_shape(b, nd: int):
-    return b.reshape((1,) * (nd + 1) + b.shape)
-
-
 # --- shared validation ------------------------------------------------------------------
 
 
@@ -395,7 +398,7 @@ def _conv(
             precision,
         )
         if use_bias:
-            y = y + _bias_shape(params["b"], nd).astype(dtype_)
+            y = y + along_last_axis(params["b"], nd + 2).astype(dtype_)
         return y, x
 
     def backward(params, x, dy):
@@ -685,7 +688,7 @@ def conv_transpose2d(
             x.astype(dtype_), w.astype(dtype_), pads, ones, dilation, groups, precision
         )
         if use_bias:
-            y = y + _bias_shape(params["b"], nd).astype(dtype_)
+            y = y + along_last_axis(params["b"], nd + 2).astype(dtype_)
         return y, x
 
     def backward(params, x, dy):

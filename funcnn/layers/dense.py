@@ -9,7 +9,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnn.core import Layer, check_array, check_input_shape, check_params, check_positive_int
+from funcnn.core import (
+    Layer,
+    along_last_axis,
+    check_array,
+    check_input_shape,
+    check_params,
+    check_positive_int,
+)
 from funcnn.initializers import Initializer, glorot_normal, zeros
 
 
@@ -20,11 +27,6 @@ def _check_features(name: str, x, features_in: int):
             f"{name}: expected input with last axis {features_in} (the params were made "
             f"for that), got input of shape {shape}"
         )
-
-
-def _along_last(b, ndim: int):
-    """View a vector as shape (1, ..., 1, d) so it broadcasts over leading axes explicitly."""
-    return b.reshape((1,) * (ndim - 1) + b.shape)
 
 
 def _fold(a):
@@ -97,7 +99,7 @@ def bias(*, b_init: Initializer = zeros(), dtype=jnp.float32) -> Layer:
     def forward(params, x):
         _check_features("bias", x, _in_features("bias", params, key="b", axis=0))
         check_params("bias", params, {"b": (x.shape[-1],)})
-        return x + _along_last(params["b"], x.ndim), ()
+        return x + along_last_axis(params["b"], x.ndim), ()
 
     def backward(params, cache, dy):
         return dy, {"b": _fold(dy).sum(0)}
@@ -149,7 +151,7 @@ def dense(
     def forward(params, x):
         _check_features("dense", x, _in_features("dense", params))
         check_params("dense", params, {"w": (x.shape[-1], features), "b": (features,)})
-        return x @ params["w"] + _along_last(params["b"], x.ndim), x
+        return x @ params["w"] + along_last_axis(params["b"], x.ndim), x
 
     def backward(params, x, dy):
         # Walk the forward in reverse: y = z + b, z = x W.

@@ -26,6 +26,7 @@ from jax import lax
 from funcnn.core import (
     Layer,
     Static,
+    along_last_axis,
     check_array,
     check_float,
     check_input_shape,
@@ -43,11 +44,6 @@ def _check_number(name: str, what: str, value, rule: str, ok) -> float:
     ):
         raise ValueError(f"{name}: {what} must be {rule}, got {value!r}")
     return float(value)
-
-
-def _as_vector_shape(v, ndim: int):
-    """View a ``(C,)`` vector as ``(1, ..., 1, C)`` to broadcast over leading axes explicitly."""
-    return v.reshape((1,) * (ndim - 1) + v.shape)
 
 
 def _fold(a):
@@ -139,13 +135,13 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
         check_params("batchnorm", params, {"scale": (c,), "offset": (c,)})
         _check_state("batchnorm", state, c)
         ndim = x.ndim
-        scale = _as_vector_shape(params["scale"], ndim)
-        offset = _as_vector_shape(params["offset"], ndim)
+        scale = along_last_axis(params["scale"], ndim)
+        offset = along_last_axis(params["offset"], ndim)
 
         if not ctx.train:
             mean, var = state["mean"].astype(x.dtype), state["var"].astype(x.dtype)
             inv_std = lax.rsqrt(var + eps)
-            xhat = (x - _as_vector_shape(mean, ndim)) * _as_vector_shape(inv_std, ndim)
+            xhat = (x - along_last_axis(mean, ndim)) * along_last_axis(inv_std, ndim)
             cache = {"xhat": xhat, "inv_std": inv_std, "mode": Static("eval")}
             return scale * xhat + offset, cache, state
 
@@ -158,10 +154,10 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
             )
         axes = tuple(range(ndim - 1))
         mean = jnp.mean(x, axis=axes)
-        centered = x - _as_vector_shape(mean, ndim)
+        centered = x - along_last_axis(mean, ndim)
         var = jnp.mean(centered * centered, axis=axes)  # biased: divides by m
         inv_std = lax.rsqrt(var + eps)
-        xhat = centered * _as_vector_shape(inv_std, ndim)
+        xhat = centered * along_last_axis(inv_std, ndim)
         y = scale * xhat + offset
 
         def update(running, batch):
@@ -182,7 +178,7 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
         dy2, xhat2 = _fold(dy), _fold(xhat)
         doffset = dy2.sum(0)
         dscale = (dy2 * xhat2).sum(0)
-        g = _as_vector_shape(params["scale"] * inv_std, ndim)  # d y / d x with stats fixed
+        g = along_last_axis(params["scale"] * inv_std, ndim)  # d y / d x with stats fixed
         if cache["mode"].value == "eval":
             dx = g * dy
         else:
@@ -190,7 +186,7 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
             # remove the components of dy along the constant direction and along xhat.
             m = dy2.shape[0]
             dx = (g / m) * (
-                m * dy - _as_vector_shape(doffset, ndim) - xhat * _as_vector_shape(dscale, ndim)
+                m * dy - along_last_axis(doffset, ndim) - xhat * along_last_axis(dscale, ndim)
             )
         dparams = {
             "scale": dscale.astype(params["scale"].dtype),
