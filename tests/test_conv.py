@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from funcnn.layers.conv import conv1d, conv2d, conv_transpose2d
+from funcnn.layers.conv import _kernel_grad_im2col, conv1d, conv2d, conv_transpose2d
 
 # --- references --------------------------------------------------------------------------
 
@@ -139,7 +139,9 @@ def random_params(layer, input_shape, seed=0):
 def conv_configs(draw, nd):
     groups = draw(st.sampled_from([1, 2, 3]))
     channels = groups * draw(st.integers(1, 2))
-    features = groups * draw(st.integers(1, 2))
+    # 32 features per group: with groups == 1 the kernel gradient is a matrix product of
+    # the input's patches with dy instead of a convolution (see _kernel_grad_as_matmul).
+    features = groups * draw(st.sampled_from([1, 2, 32]))
     kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
     stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
     dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd))
@@ -226,6 +228,41 @@ def test_conv_matches_lax_forward_and_direct_backward(cfg):
     np.testing.assert_allclose(dx, dx_np, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dparams["w"], dw_np, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(dparams["b"], np.asarray(dy).sum(axis=tuple(range(nd + 1))))
+
+
+@pytest.mark.parametrize(
+    "shape, kernel, stride, dilation, pads",
+    [
+        ((6, 7, 6, 3), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1))),
+        ((5, 8, 7, 2), (2, 3), (2, 3), (1, 2), ((2, 0), (1, 3))),  # rows past the last window
+        ((4, 9, 2), (4,), (2,), (2,), ((3, 1),)),
+        ((3, 4, 5, 2), (1, 1), (2, 2), (1, 1), ((1, 0), (0, 1))),
+    ],
+)
+@pytest.mark.parametrize("chunk_images", [1, 2, 4, 100])
+def test_kernel_grad_in_batch_chunks(shape, kernel, stride, dilation, pads, chunk_images):
+    """The patch product gives the direct-loop kernel gradient for any chunking of the
+    batch, including chunk sizes that do not divide it (4 of 6 or 5 images: the chunk
+    shrinks to a divisor) and one chunk for the whole batch."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape)
+    w = rng.standard_normal((*kernel, shape[-1], 32))
+    y = np_conv(x, w, stride, pads, dilation, 1)
+    dy = rng.standard_normal(y.shape)
+    _, _, dw_np = np_conv(x, w, stride, pads, dilation, 1, dy)
+    out = y.shape[1:-1]
+    image_bytes = np.prod(out) * np.prod(kernel) * shape[-1] * x.dtype.itemsize
+    dw = _kernel_grad_im2col(
+        jnp.asarray(x),
+        jnp.asarray(dy),
+        w.shape,
+        tuple((lo, hi, 0) for lo, hi in pads),
+        stride,
+        dilation,
+        None,
+        chunk_bytes=int(chunk_images * image_bytes),
+    )
+    np.testing.assert_allclose(dw, dw_np, rtol=1e-10, atol=1e-10)
 
 
 @settings(max_examples=12, deadline=None)

@@ -23,6 +23,8 @@ convolutions with padding (see ``docs/layers/conv.md``).
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -170,6 +172,11 @@ def _flip_transpose_kernel(w, groups: int):
 def _conv_forward(x, w, pads, stride, dilation, groups, precision):
     """``y = valid_conv(pad(x, pads), w)`` with the given stride, kernel dilation and groups."""
     nd = x.ndim - 2
+    if _is_pointwise(w.shape, groups):
+        # contract the channels of x with the input axis of the (C, F) kernel
+        xs = _strided_rows(_pad(x, pads), stride)
+        w2 = w.reshape(w.shape[-2:])
+        return lax.dot_general(xs, w2, (((nd + 1,), (0,)), ((), ())), precision=precision)
     return lax.conv_general_dilated(
         _pad(x, pads),
         w,
@@ -203,6 +210,8 @@ def _conv_backward(x, w, dy, pads, stride, dilation, groups, precision):
     nd = x.ndim - 2
     dtype = jnp.result_type(x, w)
     x_c, dy = x.astype(dtype), dy.astype(dtype)
+    if _is_pointwise(w.shape, groups):
+        return _pointwise_backward(x_c, w.astype(dtype), dy, pads, stride, precision)
     span = [d * (k - 1) + 1 for k, d in zip(w.shape[:nd], dilation, strict=True)]
     padded = [
         lo + n + (n - 1) * it + hi for n, (lo, hi, it) in zip(x.shape[1:-1], pads, strict=True)
@@ -256,17 +265,127 @@ def _conv_backward(x, w, dy, pads, stride, dilation, groups, precision):
         else:
             before.append((lo, hi - r, it))
             inside.append((0, 0))
-    dw = lax.conv_general_dilated(
-        _pad(x_c, tuple(before)),
-        dy,
-        window_strides=dilation,
-        padding=tuple(inside),
-        rhs_dilation=stride,
-        dimension_numbers=_kernel_grad_dimension_numbers(nd),
-        batch_group_count=groups,
-        precision=precision,
-    )
+    if _kernel_grad_as_matmul(w.shape, groups):
+        dw = _kernel_grad_im2col(x_c, dy, w.shape, pads, stride, dilation, precision)
+    else:
+        dw = lax.conv_general_dilated(
+            _pad(x_c, tuple(before)),
+            dy,
+            window_strides=dilation,
+            padding=tuple(inside),
+            rhs_dilation=stride,
+            dimension_numbers=_kernel_grad_dimension_numbers(nd),
+            batch_group_count=groups,
+            precision=precision,
+        )
     return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+# --- 1x1 kernels: a matrix product over the channel axis ----------------------------------
+#
+# A 1x1 convolution is a dense layer applied at every (strided) position. XLA:CPU runs it as
+# a convolution several times slower than the matrix product it is, so it gets its own
+# forward and backward.
+
+
+def _is_pointwise(w_shape, groups: int) -> bool:
+    return groups == 1 and all(k == 1 for k in w_shape[:-2])
+
+
+def _strided_rows(xp, stride):
+    """The entries of ``xp`` a 1x1 kernel reads: every ``stride``-th along each spatial axis."""
+    return xp[(slice(None), *(slice(None, None, s) for s in stride), slice(None))]
+
+
+def _pointwise_backward(x, w, dy, pads, stride, precision):
+    """``y = xs @ w`` with ``xs`` the strided entries of ``xp = pad(x)``, so
+    ``dxs = dy @ w^T`` (scattered back into ``xp``'s shape with ``stride - 1`` zeros
+    between entries, then cropped to ``x``) and ``dw = sum_{n, i} xs[n, i]^T dy[n, i]``."""
+    nd = x.ndim - 2
+    w2 = w.reshape(w.shape[-2:])
+    xp = _pad(x, pads)
+    dxs = lax.dot_general(dy, w2, (((nd + 1,), (1,)), ((), ())), precision=precision)
+    scatter = tuple(
+        (0, p - ((o - 1) * s + 1), s - 1)
+        for p, o, s in zip(xp.shape[1:-1], dy.shape[1:-1], stride, strict=True)
+    )
+    dx = _unpad(_pad(dxs, scatter), pads)
+    rows = tuple(range(nd + 1))
+    dw = lax.dot_general(
+        _strided_rows(xp, stride), dy, ((rows, rows), ((), ())), precision=precision
+    )
+    return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
+
+
+# --- the kernel gradient as a matrix product ----------------------------------------------
+#
+# XLA:CPU runs the convolution above (xp correlated with dy, whose spatial extent is the
+# output's) as a convolution with a huge kernel and a tiny output, which it does slowly:
+# 2-3x the forward's time for 3x3 kernels. The same sum is a matrix product of the
+# input's patches with dy, which runs at the machine's matmul rate. The patches are built
+# a few images at a time, so that they stay small however big the batch.
+
+_PATCH_CHUNK_BYTES = 2**21
+
+
+def _kernel_grad_as_matmul(w_shape, groups: int) -> bool:
+    """Whether :func:`_kernel_grad_im2col` beats XLA's convolution for this kernel.
+
+    The product does ``2 F`` flops per patch entry it builds, so it pays when the kernel
+    has enough output features ``F``. ``benchmarks/conv_kernel_grad.py`` measures both on
+    a range of shapes: on CPU the product wins from 32 features on, in every shape we tried.
+    """
+    return groups == 1 and w_shape[-1] >= 32
+
+
+def _patches(xp, kernel, out, stride, dilation):
+    """``(N, out..., prod(kernel) C)``: at each output position, the entries of ``xp`` its
+    window reads, tap-major and channel-minor, the order of ``w.reshape(-1, F)``."""
+    windows = [
+        xp[
+            (
+                slice(None),
+                *(
+                    slice(t * d, t * d + (o - 1) * s + 1, s)
+                    for t, o, s, d in zip(tap, out, stride, dilation, strict=True)
+                ),
+                slice(None),
+            )
+        ]
+        for tap in itertools.product(*(range(k) for k in kernel))
+    ]
+    return windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
+
+
+def _kernel_grad_im2col(
+    x, dy, w_shape, pads, stride, dilation, precision, chunk_bytes=_PATCH_CHUNK_BYTES
+):
+    """``dw[k, c, f] = sum_{n, i} xp[n, i s + k d, c] dy[n, i, f]`` for ``groups == 1``,
+    as ``patches(xp)^T @ dy`` summed over chunks of the batch."""
+    nd = x.ndim - 2
+    n, kernel, out = x.shape[0], w_shape[:nd], dy.shape[1:-1]
+    rows = tuple(range(nd + 1))  # batch and output positions: the contracted axes
+
+    def chunk_grad(x_chunk, dy_chunk):
+        patches = _patches(_pad(x_chunk, pads), kernel, out, stride, dilation)
+        return lax.dot_general(patches, dy_chunk, ((rows, rows), ((), ())), precision=precision)
+
+    image_bytes = math.prod(out) * math.prod(kernel) * x.shape[-1] * x.dtype.itemsize
+    chunk = max(1, min(n, chunk_bytes // image_bytes))
+    while n % chunk:  # the largest chunk that divides the batch
+        chunk -= 1
+    if chunk == n:
+        dw = chunk_grad(x, dy)
+    else:
+        xs = x.reshape(n // chunk, chunk, *x.shape[1:])
+        dys = dy.reshape(n // chunk, chunk, *dy.shape[1:])
+        dw = lax.fori_loop(
+            0,
+            n // chunk,
+            lambda i, acc: acc + chunk_grad(xs[i], dys[i]),
+            jnp.zeros((math.prod(w_shape[:-1]), w_shape[-1]), x.dtype),
+        )
+    return dw.reshape(w_shape)
 
 
 # --- shared validation ------------------------------------------------------------------

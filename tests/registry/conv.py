@@ -45,6 +45,20 @@ CASES = [
     ),
     Case("conv2d_kernel_fills_input", lambda: conv2d(2, (4, 5)), (2, 4, 5, 3), ("conv2d",)),
     Case("conv2d_1x1_no_bias", lambda: conv2d(4, 1, use_bias=False), (3, 4, 4, 5), ("conv2d",)),
+    # conv2d: 32+ features (kernel gradient as a patch product) and 1x1 kernels (matmuls)
+    Case(
+        "conv2d_wide_strided_dilated",
+        lambda: conv2d(32, (2, 3), stride=(2, 1), dilation=(1, 2), padding=((1, 0), (2, 1))),
+        (3, 5, 6, 2),
+        ("conv2d",),
+    ),
+    Case(
+        "conv2d_1x1_stride2_padded",
+        lambda: conv2d(3, 1, stride=2, padding=((1, 0), (0, 2))),
+        (2, 5, 4, 3),
+        ("conv2d",),
+    ),
+    Case("conv1d_1x1_wide", lambda: conv1d(32, 1, stride=3), (2, 7, 3), ("conv1d",)),
     # conv2d: strides (including strides that do not divide the input) and dilation
     Case(
         "conv2d_same_stride2_asymmetric",
@@ -134,6 +148,12 @@ CASES = [
         "conv_transpose2d_dilated_groups",
         lambda: conv_transpose2d(4, 2, stride=2, output_padding=1, dilation=2, groups=2),
         (2, 3, 3, 4),
+        ("conv_transpose2d",),
+    ),
+    Case(
+        "conv_transpose2d_1x1_stride2",
+        lambda: conv_transpose2d(32, 1, stride=2, output_padding=1),
+        (2, 3, 2, 3),
         ("conv_transpose2d",),
     ),
     Case(
