@@ -201,35 +201,57 @@ def _conv_backward(x, w, dy, pads, stride, dilation, groups, precision):
         dx     = unpad(dxp)
         dw[k]  = sum_o xp[o s + k d] dy[o]
                = correlation of xp with dy, dy dilated by s, stepping by d
+               = patches(xp)^T @ dy, a matrix product (ungrouped, 32+ features)
 
     Rows of ``xp`` past the last window (stride not dividing the input) get zero
     gradient: ``dy`` is padded on the high side by their count, and they are cropped
-    from ``xp`` before ``dw``. ``xp`` itself is never materialized for a plain
-    convolution: its edge padding goes inside the ``dw`` convolution.
+    from ``xp`` before ``dw``. For a 1x1 kernel all three passes are matrix products
+    over the channel axis.
     """
-    nd = x.ndim - 2
     dtype = jnp.result_type(x, w)
-    x_c, dy = x.astype(dtype), dy.astype(dtype)
+    x_c, w_c, dy = x.astype(dtype), w.astype(dtype), dy.astype(dtype)
     if _is_pointwise(w.shape, groups):
-        return _pointwise_backward(x_c, w.astype(dtype), dy, pads, stride, precision)
-    span = [d * (k - 1) + 1 for k, d in zip(w.shape[:nd], dilation, strict=True)]
-    padded = [
-        lo + n + (n - 1) * it + hi for n, (lo, hi, it) in zip(x.shape[1:-1], pads, strict=True)
-    ]
-    used = [(o - 1) * s + e for o, s, e in zip(dy.shape[1:-1], stride, span, strict=True)]
-    unread = [p - u for p, u in zip(padded, used, strict=True)]
+        dx, dw = _pointwise_backward(x_c, w_c, dy, pads, stride, precision)
+    else:
+        unread = _unread_rows(x.shape, w.shape, dy.shape, pads, stride, dilation)
+        dx = _input_grad(w_c, dy, x.shape, pads, stride, dilation, groups, precision, unread)
+        if _kernel_grad_as_matmul(w.shape, groups):
+            dw = _kernel_grad_im2col(x_c, dy, w.shape, pads, stride, dilation, precision)
+        else:
+            dw = _kernel_grad_conv(x_c, dy, pads, stride, dilation, groups, precision, unread)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
 
-    # dx: the transposed convolution, one spatial axis at a time.
-    # * Strided axes: dy gets s - 1 zeros between entries and the full d (K - 1) of padding
-    #   on both sides (plus the unread rows, high), so dxp covers all of xp; the padding
-    #   of x is cropped afterwards. Starting at x instead would leave a kernel-2 stride-2
-    #   axis with no padding, the window XLA:CPU aborts on (see docs/layers/conv.md).
-    # * Stride-1 axes: start the correlation where x starts and stop where it ends, so no
-    #   border is computed only to be cropped; with interior padding (transposed
-    #   convolution) step by interior + 1 so that only entries of x are computed.
+
+def _unread_rows(x_shape, w_shape, dy_shape, pads, stride, dilation):
+    """Per spatial axis, the entries of ``xp`` past the last window (when the stride does
+    not divide the padded input): they get zero gradient."""
+    nd = len(x_shape) - 2
+    unread = []
+    for n, (lo, hi, it), k, o, s, d in zip(
+        x_shape[1:-1], pads, w_shape[:nd], dy_shape[1:-1], stride, dilation, strict=True
+    ):
+        padded = lo + n + (n - 1) * it + hi
+        used = (o - 1) * s + d * (k - 1) + 1
+        unread.append(padded - used)
+    return unread
+
+
+def _input_grad(w, dy, x_shape, pads, stride, dilation, groups, precision, unread):
+    """``dx``: the transposed convolution of ``dy``, one spatial axis at a time.
+
+    * Strided axes: dy gets s - 1 zeros between entries and the full d (K - 1) of padding
+      on both sides (plus the unread rows, high), so dxp covers all of xp; the padding of
+      x is cropped afterwards. Starting at x instead would leave a kernel-2 stride-2 axis
+      with no padding, the window XLA:CPU aborts on (see docs/layers/conv.md).
+    * Stride-1 axes: start the correlation where x starts and stop where it ends, so no
+      border is computed only to be cropped; with interior padding (transposed
+      convolution) step by interior + 1 so that only entries of x are computed.
+    """
+    nd = len(x_shape) - 2
+    span = [d * (k - 1) + 1 for k, d in zip(w.shape[:nd], dilation, strict=True)]
     dy_pads, steps, crops = [], [], []
     for n, o, e, s, r, (lo, hi, it) in zip(
-        x.shape[1:-1], dy.shape[1:-1], span, stride, unread, pads, strict=True
+        x_shape[1:-1], dy.shape[1:-1], span, stride, unread, pads, strict=True
     ):
         if s > 1:
             dy_pads.append((e - 1, e - 1 + r, s - 1))
@@ -242,7 +264,7 @@ def _conv_backward(x, w, dy, pads, stride, dilation, groups, precision):
             crops.append((0, 0, 0))
     dxp = lax.conv_general_dilated(
         _pad(dy, tuple(dy_pads)),
-        _flip_transpose_kernel(w.astype(dtype), groups),
+        _flip_transpose_kernel(w, groups),
         window_strides=tuple(steps),
         padding=((0, 0),) * nd,
         rhs_dilation=dilation,
@@ -250,13 +272,18 @@ def _conv_backward(x, w, dy, pads, stride, dilation, groups, precision):
         feature_group_count=groups,
         precision=precision,
     )
-    dx = _unpad(dxp, tuple(crops))
+    return _unpad(dxp, tuple(crops))
 
-    # dw: correlate the part of xp the windows read with dy (dy as the kernel, dilated by
-    # the stride; windows step by the dilation); groups split the channels of xp. Plain
-    # edge padding of x goes inside this convolution (as in the one jax.vjp builds), which
-    # saves writing xp out; interior zeros and negative padding (transposed convolution)
-    # are applied by lax.pad first.
+
+def _kernel_grad_conv(x, dy, pads, stride, dilation, groups, precision, unread):
+    """``dw`` as one convolution: correlate the part of xp the windows read with dy.
+
+    dy acts as the kernel, dilated by the stride; windows step by the dilation; groups
+    split the channels of xp. Plain edge padding of x goes inside this convolution (as in
+    the one jax.vjp builds), which saves writing xp out; interior zeros and negative
+    padding (transposed convolution) are applied by lax.pad first.
+    """
+    nd = x.ndim - 2
     before, inside = [], []
     for n, (lo, hi, it), r in zip(x.shape[1:-1], pads, unread, strict=True):
         if it == 0 and lo >= 0 and hi - r > -n:  # (the windows read at least one row of x)
@@ -265,20 +292,16 @@ def _conv_backward(x, w, dy, pads, stride, dilation, groups, precision):
         else:
             before.append((lo, hi - r, it))
             inside.append((0, 0))
-    if _kernel_grad_as_matmul(w.shape, groups):
-        dw = _kernel_grad_im2col(x_c, dy, w.shape, pads, stride, dilation, precision)
-    else:
-        dw = lax.conv_general_dilated(
-            _pad(x_c, tuple(before)),
-            dy,
-            window_strides=dilation,
-            padding=tuple(inside),
-            rhs_dilation=stride,
-            dimension_numbers=_kernel_grad_dimension_numbers(nd),
-            batch_group_count=groups,
-            precision=precision,
-        )
-    return dx.astype(x.dtype), dw.astype(w.dtype)
+    return lax.conv_general_dilated(
+        _pad(x, tuple(before)),
+        dy,
+        window_strides=dilation,
+        padding=tuple(inside),
+        rhs_dilation=stride,
+        dimension_numbers=_kernel_grad_dimension_numbers(nd),
+        batch_group_count=groups,
+        precision=precision,
+    )
 
 
 # --- 1x1 kernels: a matrix product over the channel axis ----------------------------------
@@ -314,15 +337,15 @@ def _pointwise_backward(x, w, dy, pads, stride, precision):
     dw = lax.dot_general(
         _strided_rows(xp, stride), dy, ((rows, rows), ((), ())), precision=precision
     )
-    return dx.astype(x.dtype), dw.reshape(w.shape).astype(w.dtype)
+    return dx, dw.reshape(w.shape)
 
 
 # --- the kernel gradient as a matrix product ----------------------------------------------
 #
-# XLA:CPU runs the convolution above (xp correlated with dy, whose spatial extent is the
-# output's) as a convolution with a huge kernel and a tiny output, which it does slowly:
-# 2-3x the forward's time for 3x3 kernels. The same sum is a matrix product of the
-# input's patches with dy, which runs at the machine's matmul rate. The patches are built
+# XLA:CPU runs the convolution of _kernel_grad_conv (xp correlated with dy, whose spatial
+# extent is the output's) as a convolution with a huge kernel and a tiny output, which it
+# does slowly: 2-3x the forward's time for 3x3 kernels. The same sum is a matrix product
+# of the input's patches with dy, which runs at the machine's matmul rate. The patches are built
 # a few images at a time, so that they stay small however big the batch.
 
 _PATCH_CHUNK_BYTES = 2**21
