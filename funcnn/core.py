@@ -25,11 +25,13 @@ Caches hold arrays only, plus static metadata wrapped in :class:`Static`, so
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 PyTree = Any
@@ -68,6 +70,37 @@ class Static:
     """
 
     value: Any
+
+
+def pack_uints(values, bits: int) -> tuple[jnp.ndarray, Static]:
+    """Store an array of small non-negative integers (or booleans) in ``bits`` bits each.
+
+    ``bits`` is 1, 2, 4 or 8 and every value must be below ``2 ** bits``; ``8 // bits``
+    values share a byte. Returns ``(packed, Static((shape, bits)))``, a cache entry that
+    :func:`unpack_uints` reads back.
+
+    Besides the bytes saved, packing is a reduction, so a jit-compiled step writes the
+    packed bytes out once: elementwise code that computed the values cannot be fused
+    into (and recomputed by) every consumer in the backward pass.
+    """
+    if bits not in (1, 2, 4, 8):
+        raise ValueError(f"pack_uints: bits must be 1, 2, 4 or 8, got {bits!r}")
+    per_byte = 8 // bits
+    flat = jnp.ravel(values).astype(jnp.uint8)
+    flat = jnp.pad(flat, (0, -flat.size % per_byte)).reshape(-1, per_byte)
+    shifts = np.arange(per_byte, dtype=np.uint8) * np.uint8(bits)
+    packed = jnp.sum(flat << shifts[None, :], axis=1, dtype=jnp.uint8)  # disjoint bits: sum == or
+    return packed, Static((tuple(values.shape), bits))
+
+
+def unpack_uints(packed) -> jnp.ndarray:
+    """The inverse of :func:`pack_uints`: a ``uint8`` array of the original shape."""
+    data, meta = packed
+    shape, bits = meta.value
+    per_byte = 8 // bits
+    shifts = np.arange(per_byte, dtype=np.uint8) * np.uint8(bits)
+    values = (data[:, None] >> shifts[None, :]) & np.uint8(2**bits - 1)
+    return values.reshape(-1)[: math.prod(shape)].reshape(shape)
 
 
 @dataclasses.dataclass(frozen=True)

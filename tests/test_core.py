@@ -28,11 +28,26 @@ def test_jit_forward_then_backward_with_static_cache(key):
 def test_relu_caches_a_packed_bit_mask_and_has_zero_derivative_at_zero():
     _y, mask = fn.relu().forward((), jnp.array([-1.0, 0.0, 3.0]))
     bits, shape = mask
-    assert bits.dtype == jnp.uint8 and bits.shape == (1,) and shape.value == (3,)
+    assert bits.dtype == jnp.uint8 and bits.shape == (1,) and shape.value == ((3,), 1)
     big = fn.relu().forward((), jnp.ones((4, 100), jnp.float32))[1][0]
     assert big.nbytes == 50  # 400 elements, one bit each
     dx, _ = fn.relu().backward((), mask, jnp.array([5.0, 5.0, 5.0]))
     np.testing.assert_array_equal(dx, [0.0, 0.0, 5.0])
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("shape", [(), (1,), (3, 5), (2, 3, 7)])
+def test_pack_uints_round_trips(bits, shape):
+    values = np.random.default_rng(bits).integers(0, 2**bits, size=shape, dtype=np.uint8)
+    packed = jax.jit(fn.core.pack_uints, static_argnums=1)(jnp.asarray(values), bits)
+    assert packed[0].dtype == jnp.uint8
+    assert packed[0].size == -(-values.size * bits // 8)  # ceil(bits * count / 8) bytes
+    np.testing.assert_array_equal(jax.jit(fn.core.unpack_uints)(packed), values)
+
+
+def test_pack_uints_refuses_other_widths():
+    with pytest.raises(ValueError, match="bits must be 1, 2, 4 or 8, got 3"):
+        fn.core.pack_uints(jnp.zeros(4, jnp.uint8), 3)
 
 
 @pytest.mark.parametrize(

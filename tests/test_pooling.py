@@ -236,19 +236,36 @@ def test_nondividing_input_gradient_is_zero_past_the_last_window():
 
 
 @pytest.mark.parametrize(
-    "layer, dtype",
+    "layer, bits",
     [
-        (max_pool2d(2), jnp.uint8),  # tiling windows: one byte per output
-        (max_pool2d(2, padding=1), jnp.uint8),
-        (max_pool2d(3, stride=2), jnp.int32),  # overlapping windows
-        (max_pool2d(2, stride=3), jnp.int32),  # gaps between windows
+        (max_pool2d(2), 2),  # 4 offsets: 2 bits, 4 windows per byte
+        (max_pool2d(2, padding=1), 2),
+        (max_pool2d(3, stride=2), 4),  # overlapping windows, 9 offsets: 4 bits
+        (max_pool2d(2, stride=3), 2),  # gaps between windows
+        (max_pool2d((1, 2)), 1),
+        (max_pool2d((4, 5), stride=1), 8),
     ],
 )
-def test_max_pool2d_caches_only_the_offset_of_each_maximum(layer, dtype):
+def test_max_pool2d_caches_only_the_packed_offset_of_each_maximum(layer, bits):
     x = _random((2, 9, 9, 3)).astype(jnp.float32)
     y, cache = jax.jit(layer.forward)((), x)
     (leaf,) = jax.tree_util.tree_leaves(cache)
-    assert leaf.dtype == dtype and leaf.shape == y.shape
+    assert leaf.dtype == jnp.uint8 and leaf.size == -(-y.size * bits // 8)
+
+
+def test_max_pool2d_windows_over_256_entries_cache_int32_offsets():
+    layer = max_pool2d(17)
+    x = _random((2, 17, 17, 3)).astype(jnp.float32)
+    y, cache = jax.jit(layer.forward)((), x)
+    (leaf,) = jax.tree_util.tree_leaves(cache)
+    assert leaf.dtype == jnp.int32 and leaf.shape == y.shape
+    dx, _ = layer.backward((), cache, jnp.ones_like(y))
+    flat = np.asarray(x).reshape(2, -1, 3)
+    expected = np.zeros_like(flat)
+    for n in range(2):
+        for c in range(3):
+            expected[n, flat[n, :, c].argmax(), c] = 1.0
+    np.testing.assert_array_equal(dx, expected.reshape(x.shape))
 
 
 def test_avg_pools_cache_no_arrays():

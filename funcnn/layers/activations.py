@@ -13,7 +13,15 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
-from funcnn.core import Layer, Static, check_float, check_input_shape, check_no_params
+from funcnn.core import (
+    Layer,
+    Static,
+    check_float,
+    check_input_shape,
+    check_no_params,
+    pack_uints,
+    unpack_uints,
+)
 
 
 def _activation(
@@ -87,14 +95,13 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
 
 
 def pack_mask(mask) -> tuple[jnp.ndarray, Static]:
-    """Store a boolean array in 1 bit per element (``jnp.packbits``) plus its static shape."""
-    return jnp.packbits(mask.reshape(-1)), Static(mask.shape)
+    """Store a boolean array in 1 bit per element (see :func:`funcnn.core.pack_uints`)."""
+    return pack_uints(mask, 1)
 
 
 def unpack_mask(packed) -> jnp.ndarray:
     """The inverse of :func:`pack_mask`."""
-    bits, shape = packed
-    return jnp.unpackbits(bits, count=math.prod(shape.value)).reshape(shape.value).astype(bool)
+    return unpack_uints(packed).astype(bool)
 
 
 def elu(alpha: float = 1.0) -> Layer:

@@ -36,6 +36,8 @@ from funcnn.core import (
     check_float,
     check_input_shape,
     check_no_params,
+    pack_uints,
+    unpack_uints,
 )
 
 
@@ -274,9 +276,10 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
     exactly one element per window receives the gradient (PyTorch's CPU kernel picks
     the same one).
 
-    Cache: the offset ``k* = i* * ww + j*`` of each window's maximum, shaped like ``y``
-    (plus static shapes): ``uint8`` when the windows tile the input (``stride == window``,
-    up to 256 elements), else ``int32``. For 2x2 windows that is 1/16 of ``x``'s bytes.
+    Cache: the offset ``k* = i* * ww + j*`` of each window's maximum, one per output
+    element, packed into 1, 2, 4 or 8 bits (the fewest that hold ``wh * ww`` offsets; see
+    :func:`funcnn.core.pack_uints`), or ``int32`` for windows of over 256 entries. For
+    2x2 windows that is 2 bits per window, 1/64 of ``x``'s float32 bytes.
 
     >>> import jax.numpy as jnp
     >>> from funcnn.layers.pooling import max_pool2d
@@ -292,11 +295,10 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
     window = _pair(name, "window", window)
     stride = window if stride is None else _pair(name, "stride", stride)
     padding = _parse_padding(name, padding, window)
-    # Tiling windows keep the offset in one byte. Other strides read it back through
-    # shifted, bounds-checked loads (see _spread), which XLA's CPU code vectorizes only
-    # for 32-bit elements, so they keep an int32: 4x the bytes, a 4-10x faster backward.
-    tiles = stride == window and window[0] * window[1] <= 256
-    index_dtype = np.uint8 if tiles else np.int32
+    # The cache holds each window's argmax offset packed into 1, 2, 4 or 8 bits (see
+    # pack_uints; 2 bits for 2x2 windows), or as int32 for windows of over 256 entries.
+    count = window[0] * window[1]
+    bits = next((b for b in (1, 2, 4, 8) if count <= 2**b), None)
 
     def forward(params, x):
         _check_x(name, params, x)
@@ -304,6 +306,7 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
         xp = _pad_input(x, g, -jnp.inf)
         # Running max over the window offsets; a later offset takes over the argmax only
         # when strictly larger, so ties keep the first offset in row-major order.
+        index_dtype = np.int32 if bits is None else np.uint8
         y, arg = None, None
         for k, s in _window_slices(xp, g):
             if y is None:
@@ -311,18 +314,21 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
             else:
                 arg = jnp.where(s > y, index_dtype(k), arg)
                 y = jnp.maximum(y, s)
-        return y, (arg, Static(g))
+        return y, (arg if bits is None else pack_uints(arg, bits), Static(g))
 
     def backward(params, cache, dy):
-        arg, g = cache[0], cache[1].value
+        offsets, g = cache[0], cache[1].value
+        arg = offsets if bits is None else unpack_uints(offsets)
         if g.tiles:
-            # One window per input element: route dy with a one-hot over the offsets. Byte
-            # offsets are compared as floats (exact up to 256): a uint8 compare feeding a
-            # float select vectorizes badly on CPU.
-            compare = dy.dtype if index_dtype == np.uint8 else index_dtype
-            onehot = _blocks(arg.astype(compare)) == _tiled_offsets(g, compare)
+            # One window per input element: route dy with a one-hot over the offsets. The
+            # offsets are compared as floats (exact up to 2**24): a uint8 compare feeding
+            # a float select vectorizes badly on CPU.
+            onehot = _blocks(arg.astype(dy.dtype)) == _tiled_offsets(g, dy.dtype)
             return _spread(g, lambda _: jnp.where(onehot, _blocks(dy), 0)), ()
-        return _spread(g, lambda k: jnp.where(arg == index_dtype(k), dy, 0)), ()
+        # Other strides read the offsets back through shifted, bounds-checked loads (see
+        # _spread), which XLA's CPU code vectorizes only for 32-bit elements.
+        arg = arg.astype(np.int32)
+        return _spread(g, lambda k: jnp.where(arg == k, dy, 0)), ()
 
     return Layer(_window_init(name, window, stride, padding), forward, backward, name=name)
 
