@@ -93,14 +93,23 @@ def pack_uints(values, bits: int) -> tuple[jnp.ndarray, Static]:
     return packed, Static((tuple(values.shape), bits))
 
 
-def unpack_uints(packed) -> jnp.ndarray:
-    """The inverse of :func:`pack_uints`: a ``uint8`` array of the original shape."""
+def unpack_uints(packed, dtype=jnp.uint8) -> jnp.ndarray:
+    """The inverse of :func:`pack_uints`: an array of the original shape, as ``dtype``.
+
+    Value ``i`` of a byte holds its bit ``j`` at position ``i * bits + j``. Each value is
+    reassembled as a sum over its bits, a reduction, so XLA writes the unpacked array out
+    once rather than redoing the shifts inside every loop that reads it (for example each
+    of the shifted reads of an overlapping max-pool backward). One-bit values need no
+    reassembly and stay fused into their consumer.
+    """
     data, meta = packed
     shape, bits = meta.value
     per_byte = 8 // bits
-    shifts = np.arange(per_byte, dtype=np.uint8) * np.uint8(bits)
-    values = (data[:, None] >> shifts[None, :]) & np.uint8(2**bits - 1)
-    return values.reshape(-1)[: math.prod(shape)].reshape(shape)
+    positions = np.arange(8, dtype=np.int32).reshape(1, per_byte, bits)
+    bit_values = (data.astype(jnp.int32)[:, None, None] >> positions) & 1
+    weights = (np.int32(1) << np.arange(bits, dtype=np.int32)).reshape(1, 1, bits)
+    values = jnp.sum(bit_values * weights, axis=2)
+    return values.reshape(-1)[: math.prod(shape)].reshape(shape).astype(dtype)
 
 
 @dataclasses.dataclass(frozen=True)

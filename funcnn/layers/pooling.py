@@ -318,7 +318,7 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
 
     def backward(params, cache, dy):
         offsets, g = cache[0], cache[1].value
-        arg = offsets if bits is None else unpack_uints(offsets)
+        arg = offsets if bits is None else unpack_uints(offsets, np.int32)
         if g.tiles:
             # One window per input element: route dy with a one-hot over the offsets. The
             # offsets are compared as floats (exact up to 2**24): a uint8 compare feeding
@@ -326,8 +326,7 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
             onehot = _blocks(arg.astype(dy.dtype)) == _tiled_offsets(g, dy.dtype)
             return _spread(g, lambda _: jnp.where(onehot, _blocks(dy), 0)), ()
         # Other strides read the offsets back through shifted, bounds-checked loads (see
-        # _spread), which XLA's CPU code vectorizes only for 32-bit elements.
-        arg = arg.astype(np.int32)
+        # _spread), which XLA's CPU code vectorizes only for 32-bit elements: int32 here.
         return _spread(g, lambda k: jnp.where(arg == k, dy, 0)), ()
 
     return Layer(_window_init(name, window, stride, padding), forward, backward, name=name)
