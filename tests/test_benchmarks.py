@@ -1,0 +1,27 @@
+"""The benchmark scripts still run and their formulations agree (tiny shapes, no timings
+asserted: the scripts' own checks compare the two ways of computing each result)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import conv_kernel_grad
+import pooling
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 3, 32, 3, 1), (4, 7, 2, 32, 3, 2), (2, 5, 3, 32, 1, 1)])
+def test_conv_kernel_grad_formulations_agree(shape):
+    times = conv_kernel_grad.measure(shape, repeats=3)
+    expected = {"dw conv", "dw matmul"} | (
+        {"forward conv", "forward matmul"} if shape[4] == 1 else set()
+    )
+    assert set(times) == expected
+
+
+def test_pooling_benchmark_matches_reduce_window():
+    times, cache_bytes, residual_bytes = pooling.measure((2, 6, 6, 3), 2, 2, repeats=3)
+    assert set(times) == {"ours", "reference", "forward", "backward"}
+    assert 0 < cache_bytes < residual_bytes
