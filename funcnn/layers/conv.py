@@ -570,10 +570,13 @@ _CONV_DOC_MATH = """With ``xp`` the zero-padded input, ``s`` the stride, ``d`` t
     ``dxp`` is a transposed convolution: a stride-1 correlation of ``dy`` (with ``s - 1``
     zeros between entries, padded by ``d (k - 1)``) with the kernel flipped along its
     spatial axes and its in/out axes swapped within each group. ``dw`` is a correlation of
-    ``xp`` with ``dy``. Input rows past the last window (a stride that does not divide the
-    padded input) get zero gradient. Each gradient is one ``lax.conv_general_dilated`` call;
+    ``xp`` with ``dy``; for ungrouped kernels with 32 or more features it is computed as
+    the matrix product ``patches(xp)^T @ dy`` (im2col, a few images at a time), which
+    XLA:CPU runs faster. Input rows past the last window (a stride that does not divide
+    the padded input) get zero gradient. ``dx`` is one ``lax.conv_general_dilated`` call;
     the zeros and padding of ``dy`` are inserted by ``lax.pad``, and on stride-1 axes only
-    the entries of ``dx`` (not of the padding) are computed.
+    the entries of ``dx`` (not of the padding) are computed. With a 1x1 kernel all three
+    passes are matrix products over the channel axis.
 """
 
 
