@@ -71,6 +71,17 @@ def interleaved(contenders: dict, repeats: int, rounds: int = 5) -> dict[str, fl
     return best
 
 
+def same_args(fn):
+    """Time ``fn(*args)`` with :func:`interleaved`: the carry is ``args``, passed unchanged
+    to every call, and each call's result is waited for."""
+
+    def step(args):
+        _block(fn(*args))
+        return args
+
+    return step
+
+
 def matmul_rate(repeats: int) -> float:
     """The machine's float32 matmul rate in GFLOP/s (jitted 1024^3 product, best of runs)."""
     n = 1024

@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcnn.layers import conv
 from funcnn.layers.conv import (
     _conv_forward,
+    _kernel_grad_as_matmul,
     _kernel_grad_conv,
     _kernel_grad_im2col,
     _same_pads,
@@ -34,9 +34,9 @@ from funcnn.layers.conv import (
 )
 
 try:  # run as a script: benchmarks/ is on sys.path
-    from bench import interleaved
+    from bench import interleaved, same_args
 except ImportError:  # imported as benchmarks.conv_kernel_grad
-    from benchmarks.bench import interleaved
+    from benchmarks.bench import interleaved, same_args
 
 # (batch, size, channels, features, kernel, stride): "SAME" padding, square images.
 SHAPES = [
@@ -50,16 +50,6 @@ SHAPES = [
     (64, 28, 3, 16, 5, 1),  # 16 features: the convolution is kept
     (32, 32, 64, 128, 1, 1),  # 1x1
 ]
-
-
-def _repeat(step):
-    """Adapt ``f(*args)`` to the ``carry = step(carry)`` protocol of bench.interleaved."""
-
-    def run(args):
-        jax.block_until_ready(step(*args))
-        return args
-
-    return run
 
 
 def measure(shape, repeats: int) -> dict[str, float]:
@@ -83,8 +73,8 @@ def measure(shape, repeats: int) -> dict[str, float]:
     scale = float(jnp.abs(reference).max())
     assert float(jnp.abs(as_matmul(x, dy) - reference).max()) <= 1e-4 * scale
     contenders = {
-        "dw conv": (_repeat(as_conv), (x, dy)),
-        "dw matmul": (_repeat(as_matmul), (x, dy)),
+        "dw conv": (same_args(as_conv), (x, dy)),
+        "dw matmul": (same_args(as_matmul), (x, dy)),
     }
     if k == 1:
         forward_conv = jax.jit(
@@ -93,8 +83,8 @@ def measure(shape, repeats: int) -> dict[str, float]:
             )
         )
         forward_matmul = jax.jit(lambda x, w: _conv_forward(x, w, pads, stride, dilation, 1, None))
-        contenders["forward conv"] = (_repeat(forward_conv), (x, w))
-        contenders["forward matmul"] = (_repeat(forward_matmul), (x, w))
+        contenders["forward conv"] = (same_args(forward_conv), (x, w))
+        contenders["forward matmul"] = (same_args(forward_matmul), (x, w))
     return interleaved(contenders, repeats)
 
 
@@ -110,7 +100,7 @@ def main():
     print("|---|---|---|---|---|")
     for shape in SHAPES:
         t = measure(shape, args.repeats)
-        uses = "matmul" if conv._kernel_grad_as_matmul((shape[4],) * 2 + shape[2:4], 1) else "conv"
+        uses = "matmul" if _kernel_grad_as_matmul((shape[4],) * 2 + shape[2:4], 1) else "conv"
         print(
             f"| {shape} | {t['dw conv'] * 1e3:.2f} | {t['dw matmul'] * 1e3:.2f} "
             f"| {t['dw conv'] / t['dw matmul']:.2f} | {uses} |",

@@ -26,9 +26,9 @@ from jax import lax
 from funcnn.layers.pooling import max_pool2d
 
 try:  # run as a script: benchmarks/ is on sys.path
-    from bench import _nbytes, interleaved
+    from bench import _nbytes, interleaved, same_args
 except ImportError:  # imported as benchmarks.pooling
-    from benchmarks.bench import _nbytes, interleaved
+    from benchmarks.bench import _nbytes, interleaved, same_args
 
 CASES = [((64, 28, 28, 32), 2, 2), ((64, 14, 14, 64), 2, 2), ((64, 28, 28, 32), 3, 2)]
 CASES += [((64, 14, 14, 64), 3, 2)]
@@ -38,16 +38,6 @@ def _reference(window, stride):
     dims = (1, window, window, 1)
     strides = (1, stride, stride, 1)
     return lambda x: lax.reduce_window(x, -jnp.inf, lax.max, dims, strides, "VALID")
-
-
-def _timed(fn):
-    """Adapt ``fn(*args)`` to the ``carry = step(carry)`` protocol of bench.interleaved."""
-
-    def run(args):
-        jax.block_until_ready(fn(*args))
-        return args
-
-    return run
 
 
 def measure(shape, window, stride, repeats):
@@ -69,10 +59,10 @@ def measure(shape, window, stride, repeats):
     assert jnp.array_equal(y, reference(x))
     times = interleaved(
         {
-            "ours": (_timed(jax.jit(ours_both)), (x,)),
-            "reference": (_timed(jax.jit(reference_both)), (x,)),
-            "forward": (_timed(lambda x: forward((), x)), (x,)),
-            "backward": (_timed(lambda c, y: backward((), c, y)), (cache, y)),
+            "ours": (same_args(jax.jit(ours_both)), (x,)),
+            "reference": (same_args(jax.jit(reference_both)), (x,)),
+            "forward": (same_args(lambda x: forward((), x)), (x,)),
+            "backward": (same_args(lambda c, y: backward((), c, y)), (cache, y)),
         },
         repeats,
     )
