@@ -377,7 +377,7 @@ def _patches(xp, kernel, out, stride, dilation):
         ]
         for tap in itertools.product(*(range(k) for k in kernel))
     ]
-    return windows[0] if len(windows) == 1 else jnp.concatenate(windows, axis=-1)
+    return jnp.concatenate(windows, axis=-1)
 
 
 def _kernel_grad_im2col(

@@ -299,6 +299,7 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
     # pack_uints; 2 bits for 2x2 windows), or as int32 for windows of over 256 entries.
     count = window[0] * window[1]
     bits = next((b for b in (1, 2, 4, 8) if count <= 2**b), None)
+    index_dtype = np.int32 if bits is None else np.uint8
 
     def forward(params, x):
         _check_x(name, params, x)
@@ -306,7 +307,6 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
         xp = _pad_input(x, g, -jnp.inf)
         # Running max over the window offsets; a later offset takes over the argmax only
         # when strictly larger, so ties keep the first offset in row-major order.
-        index_dtype = np.int32 if bits is None else np.uint8
         y, arg = None, None
         for k, s in _window_slices(xp, g):
             if y is None:
@@ -320,9 +320,9 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
         offsets, g = cache[0], cache[1].value
         arg = offsets if bits is None else unpack_uints(offsets, np.int32)
         if g.tiles:
-            # One window per input element: route dy with a one-hot over the offsets. The
-            # offsets are compared as floats (exact up to 2**24): a uint8 compare feeding
-            # a float select vectorizes badly on CPU.
+            # One window per input element: route dy with a one-hot over the offsets,
+            # compared in dy's float dtype (exact up to 2**24), the dtype of the select;
+            # a uint8 compare feeding a float select vectorized badly on CPU.
             onehot = _blocks(arg.astype(dy.dtype)) == _tiled_offsets(g, dy.dtype)
             return _spread(g, lambda _: jnp.where(onehot, _blocks(dy), 0)), ()
         # Other strides read the offsets back through shifted, bounds-checked loads (see
