@@ -233,6 +233,12 @@ def along_last_axis(v: Array, ndim: int) -> Array:
     return v.reshape((1,) * (ndim - 1) + v.shape)
 
 
+def fold_leading_axes(a: Array) -> Array:
+    """Fold every axis but the last into one: ``(..., d) -> (m, d)``, so that a sum over
+    batch (and sequence, spatial) positions is one matrix product or one column sum."""
+    return a.reshape(-1, a.shape[-1])
+
+
 # --- validation helpers shared by every layer ------------------------------------------
 
 

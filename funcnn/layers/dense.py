@@ -16,6 +16,7 @@ from funcnn.core import (
     check_input_shape,
     check_params,
     check_positive_int,
+    fold_leading_axes,
 )
 from funcnn.initializers import Initializer, glorot_normal, zeros
 
@@ -27,11 +28,6 @@ def _check_features(name: str, x, features_in: int):
             f"{name}: expected input with last axis {features_in} (the params were made "
             f"for that), got input of shape {shape}"
         )
-
-
-def _fold(a):
-    """Fold all leading axes into one: (..., d) -> (N, d)."""
-    return a.reshape(-1, a.shape[-1])
 
 
 def linear(features: int, *, w_init: Initializer = glorot_normal(), dtype=jnp.float32) -> Layer:
@@ -74,7 +70,7 @@ def linear(features: int, *, w_init: Initializer = glorot_normal(), dtype=jnp.fl
 
     def backward(params, x, dy):
         # y = x W  =>  dx = dy W^T,  dW = x^T dy (summed over the batch axes).
-        return dy @ params["w"].T, {"w": _fold(x).T @ _fold(dy)}
+        return dy @ params["w"].T, {"w": fold_leading_axes(x).T @ fold_leading_axes(dy)}
 
     return Layer(init, forward, backward, name="linear")
 
@@ -102,7 +98,7 @@ def bias(*, b_init: Initializer = zeros(), dtype=jnp.float32) -> Layer:
         return x + along_last_axis(params["b"], x.ndim), ()
 
     def backward(params, cache, dy):
-        return dy, {"b": _fold(dy).sum(0)}
+        return dy, {"b": fold_leading_axes(dy).sum(0)}
 
     return Layer(init, forward, backward, name="bias")
 
@@ -155,9 +151,9 @@ def dense(
 
     def backward(params, x, dy):
         # Walk the forward in reverse: y = z + b, z = x W.
-        dy2 = _fold(dy)
+        dy2 = fold_leading_axes(dy)
         db = dy2.sum(0)
-        dw = _fold(x).T @ dy2
+        dw = fold_leading_axes(x).T @ dy2
         dx = dy @ params["w"].T
         return dx, {"w": dw, "b": db}
 

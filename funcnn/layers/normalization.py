@@ -31,6 +31,7 @@ from funcnn.core import (
     check_float,
     check_input_shape,
     check_params,
+    fold_leading_axes,
 )
 
 
@@ -44,11 +45,6 @@ def _check_number(name: str, what: str, value, rule: str, ok) -> float:
     ):
         raise ValueError(f"{name}: {what} must be {rule}, got {value!r}")
     return float(value)
-
-
-def _fold(a):
-    """Fold every axis but the last into one: ``(..., C) -> (m, C)``."""
-    return a.reshape(-1, a.shape[-1])
 
 
 # --- batchnorm ------------------------------------------------------------------------
@@ -175,7 +171,7 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
         xhat, inv_std = cache["xhat"], cache["inv_std"]
         ndim = xhat.ndim
         # y = scale * xhat + offset: the affine part, summed over every value of a feature.
-        dy2, xhat2 = _fold(dy), _fold(xhat)
+        dy2, xhat2 = fold_leading_axes(dy), fold_leading_axes(xhat)
         doffset = dy2.sum(0)
         dscale = (dy2 * xhat2).sum(0)
         g = along_last_axis(params["scale"] * inv_std, ndim)  # d y / d x with stats fixed
