@@ -23,6 +23,7 @@ from funcnn.core import Ctx, Layer, Static, apply_layer, as_wide, init_layer
 from funcnn.layers import *  # noqa: F403  (the curated list lives in funcnn.layers.__all__)
 from funcnn.layers import __all__ as _layer_names
 from funcnn.summary import summary
+from funcnn.train import predict
 
 __version__ = "0.1.0"
 
@@ -45,6 +46,7 @@ __all__ = [
     "losses",
     "optim",
     "parallel",
+    "predict",
     "residual",
     "sequential",
     "summary",

@@ -190,6 +190,43 @@ def apply_layer(layer: Layer, params, x, state=(), ctx: Ctx | None = None):
     return as_wide(layer).forward(params, x, state, Ctx() if ctx is None else ctx)
 
 
+def wide_reason(layer: Layer) -> str:
+    """Which child makes ``layer`` wide, as a path, e.g. ``"sequential[1] (dropout)"``.
+
+    Walks the children of combinators to the first wide layer that is not made wide by a
+    child of its own (dropout, batchnorm, a user's wide layer). Used in error messages
+    that tell a user which form a model has and why.
+    """
+    if not layer.wide:
+        return f"{layer.name} is pure"
+    path, node = [], layer
+    while True:
+        wide = [(i, c) for i, c in enumerate(node.children) if c.wide]
+        if not wide:
+            break
+        i, child = wide[0]
+        path.append(f"{node.name}[{i}]")
+        node = child
+    where = " > ".join(path)
+    return f"{where} is {node.name}" if path else f"{node.name} is a wide layer"
+
+
+_MISSING = object()
+
+
+def wide_call_help(model: Layer) -> str:
+    """The error message for a wide model called in the pure form: why, and what to call."""
+    return (
+        f"{model.name}: this model is wide ({wide_reason(model)}, which takes a state and a "
+        f"Ctx): call forward(params, x, state, ctx) -> (y, cache, new_state), e.g. "
+        f"fn.apply_layer(model, params, x, state, fn.Ctx(key=key, train=True)); "
+        f"fn.predict(model, params, x, state) gives the output alone (eval mode). Its init "
+        f"returns (params, state, output_shape); fn.init_layer(model, key, shape) has that "
+        f"form for every model, and fn.train.init_train_state(model, optimizer, key, shape) "
+        f"gives a TrainState whose train step is the same for pure and wide models."
+    )
+
+
 def make_combinator(
     name: str,
     children: Sequence[Layer],
@@ -208,7 +245,14 @@ def make_combinator(
     """
     children = tuple(children)
     if any(child.wide for child in children):
-        return Layer(init, forward, backward, name=name, wide=True, children=children)
+
+        def wide_forward(params, x, state=_MISSING, ctx=_MISSING):
+            if state is _MISSING or ctx is _MISSING:
+                model = Layer(init, forward, backward, name, True, children)
+                raise TypeError(wide_call_help(model))
+            return forward(params, x, state, ctx)
+
+        return Layer(init, wide_forward, backward, name=name, wide=True, children=children)
 
     if empty_state is None:
         empty_state = tuple(() for _ in children)
@@ -217,7 +261,14 @@ def make_combinator(
         params, _, output_shape = init(key, input_shape)
         return params, output_shape
 
-    def pure_forward(params, x):
+    def pure_forward(params, x, *extra):
+        if extra:
+            raise TypeError(
+                f"{name}: this model is pure (no child is wide): call forward(params, x) -> "
+                f"(y, cache), got {2 + len(extra)} arguments. For code that handles both "
+                f"forms, fn.apply_layer(model, params, x, state, ctx) runs any model in the "
+                f"wide form (state () for a pure model)."
+            )
         y, cache, _ = forward(params, x, empty_state, Ctx())
         return y, cache
 

@@ -1,20 +1,22 @@
 """Training: gradients from the hand-written backward passes, a jitted step, a small loop.
 
 * :func:`value_and_grad` chains ``loss.backward`` into ``model.backward`` (no ``jax.grad``).
-* :func:`train_step` adds an optimizer and compiles the whole step with ``jax.jit``.
+* :class:`TrainState` holds everything a loop carries (params, model state, optimizer
+  state, a PRNG key); :func:`train_step` adds an optimizer and compiles the whole step
+  with ``jax.jit``. ``ts, loss = step(ts, x, target)`` is the same call for pure models
+  and for models with dropout or batchnorm.
+* :func:`predict` runs a model for its output alone (eval mode, no cache kept).
 * :func:`batches`, :func:`evaluate` and :func:`fit` are the loop around it.
 
 >>> import jax, jax.numpy as jnp, funcnn as fn
 >>> model = fn.sequential(fn.dense(8), fn.tanh(), fn.dense(1))
->>> mse = fn.losses.mse()
->>> params, _ = model.init(jax.random.PRNGKey(0), (16, 3))
 >>> opt = fn.optim.adam(1e-2)
->>> step = fn.train.train_step(model, mse, opt)
+>>> ts = fn.train.init_train_state(model, opt, jax.random.PRNGKey(0), (16, 3))
+>>> step = fn.train.train_step(model, fn.losses.mse(), opt)
 >>> x = jnp.ones((16, 3), jnp.float32); y = jnp.zeros((16, 1), jnp.float32)
->>> opt_state = opt.init(params)
->>> params, opt_state, loss0 = step(params, opt_state, x, y)
+>>> ts, loss0 = step(ts, x, y)
 >>> for _ in range(50):
-...     params, opt_state, loss = step(params, opt_state, x, y)
+...     ts, loss = step(ts, x, y)
 >>> bool(loss < loss0)
 True
 """
@@ -29,12 +31,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.core import Ctx, Layer, Loss, apply_layer, check_positive_int
+from funcnn.core import (
+    _MISSING,
+    Ctx,
+    Layer,
+    Loss,
+    apply_layer,
+    check_positive_int,
+    init_layer,
+    wide_reason,
+)
 from funcnn.optim import GradientTransformation, apply_updates
 
 PyTree = Any
 
-__all__ = ["FitResult", "batches", "evaluate", "fit", "train_step", "value_and_grad"]
+__all__ = [
+    "FitResult",
+    "TrainState",
+    "batches",
+    "evaluate",
+    "fit",
+    "init_train_state",
+    "predict",
+    "train_step",
+    "value_and_grad",
+]
 
 
 def _check_model_and_loss(name: str, model, loss):
@@ -69,13 +90,25 @@ def value_and_grad(model: Layer, loss: Loss) -> Callable:
     * pure model: ``f(params, x, target) -> (loss, grads)``;
     * wide model: ``f(params, x, target, state, ctx) -> ((loss, new_state), grads)``.
 
+    ``value_and_grad(fn.as_wide(model), loss)`` has the wide form for every model (state
+    ``()`` for a pure one), for code that must not care; :func:`train_step` with a
+    :class:`TrainState` is the same call for both. A multi-output model (a ``graph`` with
+    several outputs) trains with a loss over tuples, :func:`funcnn.losses.multi`.
+
     ``grads`` has the structure of ``params``. The function is pure, so it can be jitted.
     """
     _check_model_and_loss("value_and_grad", model, loss)
 
     if not model.wide:
 
-        def f(params, x, target):
+        def f(params, x, target, *extra):
+            if extra:
+                raise TypeError(
+                    f"value_and_grad: {model.name} is a pure model (no child is wide), so the "
+                    f"gradient function is f(params, x, target) -> (loss, grads), got "
+                    f"{3 + len(extra)} arguments. value_and_grad(fn.as_wide(model), loss) "
+                    f"gives f(params, x, target, state, ctx) -> ((loss, state), grads)."
+                )
             pred, cache = model.forward(params, x)
             value, loss_cache = _scalar_loss(loss, pred, target)
             _, grads = model.backward(params, cache, loss.backward(loss_cache))
@@ -83,13 +116,128 @@ def value_and_grad(model: Layer, loss: Loss) -> Callable:
 
         return f
 
-    def f_wide(params, x, target, state, ctx):
+    def f_wide(params, x, target, state=_MISSING, ctx=_MISSING):
+        if state is _MISSING or ctx is _MISSING:
+            raise TypeError(
+                f"value_and_grad: {model.name} is a wide model ({wide_reason(model)}), so the "
+                f"gradient function is f(params, x, target, state, ctx) -> ((loss, "
+                f"new_state), grads), with ctx = fn.Ctx(key=key, train=True)."
+            )
         pred, cache, new_state = model.forward(params, x, state, ctx)
         value, loss_cache = _scalar_loss(loss, pred, target)
         _, grads = model.backward(params, cache, loss.backward(loss_cache))
         return (value, new_state), grads
 
     return f_wide
+
+
+# --- the train state ------------------------------------------------------------------
+
+
+class TrainState(NamedTuple):
+    """Everything a training loop carries from one step to the next, as one pytree.
+
+    The same four fields for every model, so a loop written for a pure model keeps
+    working when a dropout or a batchnorm is added:
+
+    * ``params``: the trainable parameters;
+    * ``state``: the model state (running statistics; ``()`` for a pure model);
+    * ``opt_state``: the optimizer state;
+    * ``key``: a PRNG key (raw or typed) or ``None``. Every step splits it: one half is
+      the step's ``Ctx(key=..., train=True)`` key (dropout masks), the other is carried
+      on. A pure model ignores it, but it is split all the same, so adding a random
+      layer does not change what the other keys are.
+
+    It is a ``NamedTuple``: jit, donate, save with :func:`funcnn.io.save` and
+    ``ts._replace(params=...)`` it like any pytree.
+    """
+
+    params: PyTree
+    state: PyTree
+    opt_state: PyTree
+    key: Any = None
+
+    @classmethod
+    def create(
+        cls, params: PyTree, optimizer, *, state: PyTree = (), key=None, opt_state=None
+    ) -> TrainState:
+        """A train state for existing params (e.g. loaded from a checkpoint)."""
+        _check_optimizer("TrainState.create", optimizer)
+        return cls(params, state, optimizer.init(params) if opt_state is None else opt_state, key)
+
+
+def init_train_state(model: Layer, optimizer, key, input_shape) -> TrainState:
+    """Initialize ``model`` and ``optimizer`` into a :class:`TrainState`, for any model.
+
+    ``key`` is split in two: one half initializes the params (and state), the other
+    becomes the train state's key for the steps' dropout masks.
+
+    >>> import jax, funcnn as fn
+    >>> model = fn.sequential(fn.dense(4), fn.dropout(0.5), fn.dense(2))
+    >>> ts = fn.train.init_train_state(model, fn.optim.sgd(0.1), jax.random.PRNGKey(0), (8, 3))
+    >>> ts.state  # dropout keeps no running state
+    ((), (), ())
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"init_train_state: model must be a Layer, got {type(model).__name__}")
+    _check_optimizer("init_train_state", optimizer)
+    init_key, step_key = jax.random.split(key)
+    params, state, _ = init_layer(model, init_key, input_shape)
+    return TrainState(params, state, optimizer.init(params), step_key)
+
+
+def _check_optimizer(name: str, optimizer):
+    if not (
+        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+    ):
+        raise TypeError(
+            f"{name}: optimizer must be a GradientTransformation (init, update), "
+            f"got {type(optimizer).__name__}"
+        )
+
+
+def _is_empty(state) -> bool:
+    return isinstance(state, tuple) and len(state) == 0
+
+
+def _empty_state(model: Layer, input_shape) -> PyTree:
+    """The all-``()`` state of a wide ``model`` that keeps none (dropout only), or, for a
+    model with running state, the path of its first state leaf (a string)."""
+    try:
+        return _empty_state_cached(model, input_shape)
+    except TypeError as err:  # an unhashable shape tree (dict inputs): compute it uncached
+        if "unhashable" not in str(err):
+            raise
+        return _empty_state_cached.__wrapped__(model, input_shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _empty_state_cached(model: Layer, input_shape) -> PyTree:
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    state = jax.eval_shape(lambda k: init_layer(model, k, input_shape)[1], key)
+    leaves, _ = jax.tree_util.tree_flatten_with_path(state)
+    return state if not leaves else jax.tree_util.keystr(leaves[0][0])
+
+
+def _resolve_state(name: str, model: Layer, state, x):
+    """``state`` as given, or, for a wide model given ``()``, its all-``()`` state.
+
+    A model made wide only by random layers (dropout) has no running state, so a loop
+    written for a pure model (``state=()``) works unchanged. A model with running
+    statistics needs the state its ``init`` made; the error says so.
+    """
+    if not model.wide or not _is_empty(state):
+        return state
+    shape = jax.tree_util.tree_map(lambda a: tuple(np.shape(a)), x)
+    found = _empty_state(model, shape)
+    if not isinstance(found, str):
+        return found
+    raise TypeError(
+        f"{name}: {model.name} is a wide model with running state ({wide_reason(model)}; "
+        f"state leaves such as {found}), but state=() was passed. Pass the state its init "
+        f"made: params, state, _ = fn.init_layer(model, key, shape), or use "
+        f"fn.train.init_train_state(model, optimizer, key, shape)."
+    )
 
 
 def _same_dtypes(new, old):
@@ -111,50 +259,108 @@ def train_step(
 ) -> Callable:
     """One optimization step as a pure function, compiled with ``jax.jit``.
 
+    The step has one form for every model, on a :class:`TrainState`::
+
+        step(train_state, x, target) -> (train_state, loss)
+
+    It splits ``train_state.key`` and runs a wide model with
+    ``Ctx(key=<one half>, train=True)``. ``loss`` is the value before the update.
+
+    The explicit forms of earlier versions are still accepted (they differ by model):
+
     * pure model: ``step(params, opt_state, x, target) -> (params, opt_state, loss)``;
     * wide model: ``step(params, state, opt_state, x, target, key)
-      -> (params, state, opt_state, loss)``, run with ``Ctx(key, train=True)``.
+      -> (params, state, opt_state, loss)``.
 
-    ``loss`` is the value before the update. With ``donate=True`` (the default) the
-    params, model state and optimizer state passed in are donated: XLA writes the new
-    values into their memory, and the old arrays are deleted, so always continue with
-    the returned ones. Every donated input has an output of the same shape and dtype
-    (the optimizer and the step keep dtypes stable), so no buffer goes unused and JAX
-    emits no donation warning, on CPU as on GPU. ``jit=False`` returns the plain
-    function (to compose with ``jax.lax.scan``, ``vmap``, ...).
+    A call in the wrong form raises a ``TypeError`` saying which form the model has and
+    why (which child makes it wide). A model made wide only by dropout may be given the
+    state ``()``; it is replaced by the model's all-``()`` state.
+
+    With ``donate=True`` (the default) the params, model state, optimizer state (and the
+    train state's key) passed in are donated: XLA writes the new values into their
+    memory, and the old arrays are deleted, so always continue with the returned ones.
+    Every donated input has an output of the same shape and dtype (the optimizer and the
+    step keep dtypes stable), so no buffer goes unused and JAX emits no donation
+    warning, on CPU as on GPU. ``jit=False`` returns the plain function (to compose with
+    ``jax.lax.scan``, ``vmap``, ...).
     """
     _check_model_and_loss("train_step", model, loss)
-    if not (
-        callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
-    ):
-        raise TypeError(
-            f"train_step: optimizer must be a GradientTransformation (init, update), "
-            f"got {type(optimizer).__name__}"
-        )
+    _check_optimizer("train_step", optimizer)
     grad_fn = value_and_grad(model, loss)
 
-    if not model.wide:
-
-        def step(params, opt_state, x, target):
-            value, grads = grad_fn(params, x, target)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return apply_updates(params, updates), opt_state, value
-
-        donated = (0, 1)  # params, opt_state
-    else:
-
-        def step(params, state, opt_state, x, target, key):
-            (value, new_state), grads = grad_fn(params, x, target, state, Ctx(key, train=True))
-            updates, opt_state = optimizer.update(grads, opt_state, params)
+    def gradients(params, state, x, target, key):
+        if model.wide:
+            (value, new_state), grads = grad_fn(params, x, target, state, Ctx(key=key, train=True))
             # Keep the state's dtypes (e.g. running statistics of float32 params fed
             # float64 inputs), so its donated buffers are reused and nothing retraces.
-            return apply_updates(params, updates), _same_dtypes(new_state, state), opt_state, value
+            return value, _same_dtypes(new_state, state), grads
+        value, grads = grad_fn(params, x, target)
+        return value, state, grads
 
-        donated = (0, 1, 2)  # params, state, opt_state
+    def state_step(ts, x, target):
+        if ts.key is None:
+            carry, step_key = None, None
+        else:
+            carry, step_key = jax.random.split(ts.key)
+        value, new_state, grads = gradients(ts.params, ts.state, x, target, step_key)
+        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+        return TrainState(apply_updates(ts.params, updates), new_state, opt_state, carry), value
 
-    if not jit:
-        return step
-    return jax.jit(step, donate_argnums=donated if donate else ())
+    def pure_step(params, opt_state, x, target):
+        value, _, grads = gradients(params, (), x, target, None)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return apply_updates(params, updates), opt_state, value
+
+    def wide_step(params, state, opt_state, x, target, key):
+        value, new_state, grads = gradients(params, state, x, target, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return apply_updates(params, updates), new_state, opt_state, value
+
+    explicit, n_explicit = (wide_step, 6) if model.wide else (pure_step, 4)
+    if jit:
+        donated = (0, 1, 2) if model.wide else (0, 1)
+        state_step = jax.jit(state_step, donate_argnums=(0,) if donate else ())
+        explicit = jax.jit(explicit, donate_argnums=donated if donate else ())
+
+    def step(*args):
+        if args and isinstance(args[0], TrainState):
+            if len(args) != 3:
+                raise TypeError(
+                    f"train_step: the TrainState form is step(train_state, x, target) -> "
+                    f"(train_state, loss), got {len(args)} arguments"
+                )
+            ts, x, target = args
+            if model.wide and _is_empty(ts.state):
+                ts = ts._replace(state=_resolve_state("train_step", model, ts.state, x))
+            return state_step(ts, x, target)
+        if len(args) != n_explicit:
+            raise TypeError(_step_form_help(model, len(args)))
+        if model.wide:
+            args = list(args)
+            args[1] = _resolve_state("train_step", model, args[1], args[3])
+        return explicit(*args)
+
+    step.__doc__ = train_step.__doc__
+    return step
+
+
+def _step_form_help(model: Layer, n: int) -> str:
+    uniform = (
+        "The TrainState form, step(train_state, x, target) -> (train_state, loss) with "
+        "train_state = fn.train.init_train_state(model, optimizer, key, shape), is the "
+        "same for pure and wide models."
+    )
+    if model.wide:
+        return (
+            f"train_step: {model.name} is a wide model ({wide_reason(model)}), so its step is "
+            f"step(params, state, opt_state, x, target, key) -> (params, state, opt_state, "
+            f"loss); got {n} arguments. {uniform}"
+        )
+    return (
+        f"train_step: {model.name} is a pure model (no child is wide), so its step is "
+        f"step(params, opt_state, x, target) -> (params, opt_state, loss); got {n} "
+        f"arguments. {uniform}"
+    )
 
 
 # --- data ----------------------------------------------------------------------------
@@ -215,7 +421,53 @@ def batches(
     return generate()
 
 
-# --- evaluation ----------------------------------------------------------------------
+# --- inference and evaluation --------------------------------------------------------
+
+
+def predict(
+    model: Layer,
+    params: PyTree,
+    x: PyTree,
+    state: PyTree = (),
+    *,
+    batch_size: int | None = None,
+) -> PyTree:
+    """The model's output alone, in eval mode: no cache is kept, no state is returned.
+
+    The same call for pure and wide models: dropout is off and batchnorm uses its
+    running statistics (``Ctx(train=False)``), and ``state`` may stay ``()`` for a model
+    whose only wide layers are random (dropout). The forward is jit-compiled (the model
+    is a static argument), so the cache the backward would need is never materialized;
+    calling ``predict`` inside your own ``jax.jit`` works the same way.
+
+    Args:
+      batch_size: run the examples in batches of this size and concatenate the outputs
+        along the leading axis (bounded memory for a large ``x``); ``None``: one call.
+
+    >>> import jax, jax.numpy as jnp, funcnn as fn
+    >>> model = fn.sequential(fn.dense(4), fn.dropout(0.5), fn.dense(2))
+    >>> params, state, _ = fn.init_layer(model, jax.random.PRNGKey(0), (3, 5))
+    >>> fn.predict(model, params, jnp.ones((3, 5))).shape
+    (3, 2)
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(f"predict: model must be a Layer, got {type(model).__name__}")
+    state = _resolve_state("predict", model, state, x)
+    if batch_size is None:
+        return _predict(model, params, x, state)
+    check_positive_int("predict", "batch_size", batch_size)
+    _num_examples("predict", x, ())
+    outs = [
+        _predict(model, params, xb, state)
+        for xb, _ in batches(None, x, (), batch_size, shuffle=False)
+    ]
+    return jax.tree_util.tree_map(lambda *ys: jnp.concatenate(ys, axis=0), *outs)
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _predict(model, params, x, state):
+    y, _, _ = apply_layer(model, params, x, state, Ctx(train=False))
+    return y
 
 
 @functools.partial(jax.jit, static_argnames=("model", "loss"))
@@ -249,7 +501,8 @@ def evaluate(
     """Mean loss and accuracy of ``model`` on ``(x, target)``, in eval mode.
 
     Runs the forward with ``Ctx(train=False)`` (dropout off, batchnorm on its running
-    statistics) in batches of ``batch_size``, jitted.
+    statistics) in batches of ``batch_size``, jitted. ``state`` may stay ``()`` for a
+    model whose only wide layers are random (dropout).
 
     Returns ``{"loss": ..., "accuracy": ...}``. ``loss`` averages the per-batch losses
     weighted by batch size (the exact mean for losses that average over the batch).
@@ -259,6 +512,7 @@ def evaluate(
     _check_model_and_loss("evaluate", model, loss)
     check_positive_int("evaluate", "batch_size", batch_size)
     n = _num_examples("evaluate", x, target)
+    state = _resolve_state("evaluate", model, state, x)
     total, correct = 0.0, None
     for xb, tb in batches(None, x, target, batch_size, shuffle=False):
         size = _num_examples("evaluate", xb, tb)
@@ -317,7 +571,8 @@ def fit(
 
     Args:
       key: PRNG key for the shuffles and, for wide models, each step's ``Ctx`` key.
-      state: the model state (wide models).
+      state: the model state (wide models; may stay ``()`` when the only wide layers
+        are random, such as dropout).
       opt_state: optimizer state to resume from (default ``optimizer.init(params)``).
       validation_data: ``(x_val, y_val)`` to :func:`evaluate` after every epoch.
       progress: show a tqdm bar over the epochs (or print a line per epoch if tqdm is
@@ -335,6 +590,7 @@ def fit(
     check_positive_int("fit", "batch_size", batch_size)
     batch_size = min(batch_size, _num_examples("fit", x, y))
     step = train_step(model, loss, optimizer)
+    state = _resolve_state("fit", model, state, x)
     # Copies: the step donates (consumes) its inputs; the caller keeps the originals.
     params, state = jax.tree_util.tree_map(jnp.array, (params, state))
     opt_state = (
@@ -342,6 +598,8 @@ def fit(
         if opt_state is None
         else jax.tree_util.tree_map(jnp.array, opt_state)
     )
+    key, step_key = jax.random.split(key)
+    ts = TrainState(params, state, opt_state, step_key)
 
     history: dict[str, list[float]] = {"loss": []}
     bar = _progress(epochs, progress)
@@ -349,13 +607,10 @@ def fit(
         key, shuffle_key = jax.random.split(key)
         losses = []
         for xb, yb in batches(shuffle_key, x, y, batch_size, drop_last=True):
-            if model.wide:
-                key, step_key = jax.random.split(key)
-                params, state, opt_state, value = step(params, state, opt_state, xb, yb, step_key)
-            else:
-                params, opt_state, value = step(params, opt_state, xb, yb)
+            ts, value = step(ts, xb, yb)
             losses.append(value)
         history["loss"].append(float(jnp.mean(jnp.stack(losses))))
+        params, state, opt_state = ts.params, ts.state, ts.opt_state
 
         train = evaluate(model, loss, params, x, y, state)
         if train["accuracy"] is not None:
