@@ -1,7 +1,7 @@
 """Convolution semantics: parity with lax and PyTorch, the adjoint, the XLA trap, errors.
 
-The gradient reference here is a NumPy loop (:func:`np_conv_grads`) that spells out the
-definition, not ``jax.vjp``: with jax 0.10.2 on CPU, ``jax.vjp`` of a strided
+The gradient reference here is a NumPy loop (:func:`funcnn.reference.conv`) that spells
+out the definition, not ``jax.vjp``: with jax 0.10.2 on CPU, ``jax.vjp`` of a strided
 ``lax.conv_general_dilated`` aborts the whole interpreter in XLA's algebraic simplifier for
 some shapes with padding (see ``VJP_CRASHES`` below and ``docs/layers/conv.md``). Our
 backward never builds such a convolution; ``test_xla_trap_in_subprocess`` runs the known
@@ -22,92 +22,11 @@ from hypothesis import strategies as st
 from jax import lax
 
 from funcnn.layers.conv import _kernel_grad_im2col, conv1d, conv2d, conv_transpose2d
+from funcnn.reference import conv as np_conv
+from funcnn.reference import conv_transpose as np_conv_transpose
+from funcnn.reference import conv_transpose_as_conv_kernel as flip_transpose
 
-# --- references --------------------------------------------------------------------------
-
-
-def np_conv(x, w, stride, pads, dilation, groups, dy=None):
-    """Direct-loop convolution ``y`` and, given ``dy``, its gradients ``(dx, dw)``.
-
-    ``x (N, S..., C)``, ``w (K..., C/G, F)``, ``pads`` one ``(low, high)`` per spatial axis.
-    Every output position ``o`` and kernel tap ``k`` reads ``xp[o * stride + k * dilation]``.
-    """
-    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
-    nd = x.ndim - 2
-    xp = np.pad(x, ((0, 0), *pads, (0, 0)))
-    kernel, cg, f = w.shape[:nd], w.shape[-2], w.shape[-1]
-    fg = f // groups
-    out = [
-        (p - d * (k - 1) - 1) // s + 1
-        for p, k, s, d in zip(xp.shape[1:-1], kernel, stride, dilation, strict=True)
-    ]
-    y = np.zeros((x.shape[0], *out, f))
-    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
-    for o in np.ndindex(*out):
-        for k in np.ndindex(*kernel):
-            at = tuple(oi * s + ki * d for oi, ki, s, d in zip(o, k, stride, dilation, strict=True))
-            for g in range(groups):
-                cs, fs = slice(g * cg, (g + 1) * cg), slice(g * fg, (g + 1) * fg)
-                xs = xp[(slice(None), *at, cs)]  # (N, C/G)
-                wk = w[(*k, slice(None), fs)]  # (C/G, F/G)
-                y[(slice(None), *o, fs)] += xs @ wk
-                if dy is not None:
-                    dys = np.asarray(dy)[(slice(None), *o, fs)]  # (N, F/G)
-                    dxp[(slice(None), *at, cs)] += dys @ wk.T
-                    dw[(*k, slice(None), fs)] += xs.T @ dys
-    if dy is None:
-        return y
-    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, x.shape[1:-1], strict=True))
-    return y, dxp[(slice(None), *crop, slice(None))], dw
-
-
-def np_conv_transpose(x, w, stride, padding, output_padding, dilation, groups, dy=None):
-    """Direct-loop transposed convolution in our kernel layout (no flip), and its gradients.
-
-    Input position ``i`` and tap ``k`` write output position
-    ``i * stride - padding + (K - 1 - k) * dilation`` (PyTorch's scatter with the tap flipped).
-    """
-    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
-    nd = x.ndim - 2
-    kernel, cg, f = w.shape[:nd], w.shape[-2], w.shape[-1]
-    fg = f // groups
-    out = [
-        (n - 1) * s - 2 * p + d * (k - 1) + op + 1
-        for n, k, s, d, p, op in zip(
-            x.shape[1:-1], kernel, stride, dilation, padding, output_padding, strict=True
-        )
-    ]
-    y = np.zeros((x.shape[0], *out, f))
-    dx, dw = np.zeros_like(x), np.zeros_like(w)
-    for i in np.ndindex(*x.shape[1:-1]):
-        for k in np.ndindex(*kernel):
-            at = tuple(
-                ii * s - p + (kk_n - 1 - kk) * d
-                for ii, kk, kk_n, s, p, d in zip(
-                    i, k, kernel, stride, padding, dilation, strict=True
-                )
-            )
-            if not all(0 <= a < n for a, n in zip(at, out, strict=True)):
-                continue
-            for g in range(groups):
-                cs, fs = slice(g * cg, (g + 1) * cg), slice(g * fg, (g + 1) * fg)
-                xs = x[(slice(None), *i, cs)]
-                wk = w[(*k, slice(None), fs)]
-                y[(slice(None), *at, fs)] += xs @ wk
-                if dy is not None:
-                    dys = np.asarray(dy)[(slice(None), *at, fs)]
-                    dx[(slice(None), *i, cs)] += dys @ wk.T
-                    dw[(*k, slice(None), fs)] += xs.T @ dys
-    return y if dy is None else (y, dx, dw)
-
-
-def flip_transpose(w, groups):
-    """The conv2d kernel whose adjoint is conv_transpose2d with ``w`` (see its docstring)."""
-    w = np.asarray(w)
-    f = w.shape[-1]
-    fg = f // groups
-    per_group = [np.swapaxes(w[..., g * fg : (g + 1) * fg], 2, 3) for g in range(groups)]
-    return np.concatenate(per_group, axis=3)[::-1, ::-1]  # (kh, kw, F/G, C)
+# --- helpers -----------------------------------------------------------------------------
 
 
 def run_layer(layer, params, x, dy_seed=7):

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
+from funcnn import reference
 from funcnn.layers.pooling import avg_pool2d, global_avg_pool, max_pool2d
 
 # --- references --------------------------------------------------------------------------
@@ -48,22 +49,6 @@ def ref_vjp(fn, x, dy):
         return y, pullback(dy)[0]
 
     return run(x, dy)
-
-
-def np_max_pool_grad(x, dy, window, stride, pads):
-    """The documented tie rule, spelled out: the first maximum in row-major window order."""
-    (wh, ww), (sh, sw), ((top, bottom), (left, right)) = window, stride, pads
-    xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-np.inf)
-    dxp = np.zeros_like(xp)
-    n, ho, wo, c = dy.shape
-    for b in range(n):
-        for a in range(ho):
-            for o in range(wo):
-                for ch in range(c):
-                    patch = xp[b, a * sh : a * sh + wh, o * sw : o * sw + ww, ch]
-                    i, j = np.unravel_index(np.argmax(patch), patch.shape)  # first max
-                    dxp[b, a * sh + i, o * sw + j, ch] += dy[b, a, o, ch]
-    return dxp[:, top : top + x.shape[1], left : left + x.shape[2]]
 
 
 def _random(shape, seed=0):
@@ -163,9 +148,8 @@ def test_max_pool2d_ties_go_to_the_first_maximum_in_row_major_order(window, stri
     dy = _random(y.shape, seed=1)
     dx, _ = layer.backward((), cache, dy)
     np.testing.assert_allclose(y, ref_max(x, window, stride, pads))
-    np.testing.assert_allclose(
-        dx, np_max_pool_grad(np.asarray(x), np.asarray(dy), window, stride, pads), atol=1e-12
-    )
+    _, dx_np = reference.max_pool2d(x, window, stride, pads, dy=np.asarray(dy))
+    np.testing.assert_allclose(dx, dx_np, atol=1e-12)
 
 
 def test_max_pool2d_constant_input_routes_each_window_to_its_top_left():
@@ -189,7 +173,7 @@ def test_max_pool2d_large_window_uses_a_wider_index():
     dy = _random((1, 1, 2, 2), seed=1)
     arg, dx = run(x, dy)
     assert arg.dtype == jnp.int32
-    expected = np_max_pool_grad(np.asarray(x), np.asarray(dy), (17, 17), (1, 1), ((0, 0), (0, 0)))
+    _, expected = reference.max_pool2d(x, (17, 17), (1, 1), ((0, 0), (0, 0)), dy=np.asarray(dy))
     np.testing.assert_allclose(dx, expected)
 
 
