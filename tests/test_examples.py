@@ -42,3 +42,13 @@ def test_stateful_vs_pure_example(tmp_path):
     ]
     assert len(diffs) == 4 and max(diffs) < 1e-12  # the same gradients, both ways
     assert "funcnn,   batch 1: off by 0.0e+00" in out  # two caches, no overwrite
+
+
+def test_seeds_both_ways_example(tmp_path):
+    out = _run("seeds_both_ways.py", "--epochs", "2", cwd=tmp_path)
+    lab = [line.split(maxsplit=1)[1] for line in out.splitlines() if " loss 0.2500 " in line]
+    assert lab == ["loss 0.2500  dw1 +0.0  db1 +0.0  dw2 +0.0  db2 +1.0"] * 2  # both ways
+    gaps = [float(line.rsplit("=", 1)[1]) for line in out.splitlines() if "max |stateful" in line]
+    assert len(gaps) == 4 and max(gaps) < 1e-12  # the same losses and weights, both networks
+    final = float(out.strip().splitlines()[-1].rsplit("=", 1)[1])
+    assert final < 1e-12
