@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -22,6 +23,16 @@ def to_jax(layer: Layer) -> Callable:
 
     For a pure layer the result is ``f(params, x) -> y``; for a wide layer it is
     ``f(params, x, state, ctx) -> (y, new_state)`` (``state`` and ``ctx`` get no gradient).
+
+    **Reverse mode only.** The bridge is a ``jax.custom_vjp``: it gives JAX the layer's
+    hand-written backward, a vector-Jacobian product, and no Jacobian-vector product.
+    ``jax.grad``, ``jax.vjp``, ``jax.jacrev`` and ``jax.hessian`` (forward-over-reverse:
+    JAX differentiates our backward, which is plain JAX code) work; ``jax.jvp`` and
+    ``jax.jacfwd`` raise a ``TypeError`` that says so, and ``jax.linearize`` fails when
+    its linear function is called. For forward mode, use ``jax.jacrev`` for Jacobians,
+    or differentiate the forward itself with JAX's autodiff (which does not use our
+    backward), e.g. ``jax.jvp(lambda p, x: layer.forward(p, x)[0], (params, x), tangents)``
+    or a :func:`from_jax` layer.
 
     >>> import jax, jax.numpy as jnp, funcnn as fn
     >>> from funcnn.interop import to_jax
@@ -50,7 +61,7 @@ def to_jax(layer: Layer) -> Callable:
             return dparams, dx, _zeros_like(state), _zeros_like(ctx)
 
         wide.defvjp(wide_fwd, wide_bwd)
-        return wide
+        return _reverse_mode_only(layer, wide)
 
     @jax.custom_vjp
     def pure(params, x):
@@ -66,7 +77,30 @@ def to_jax(layer: Layer) -> Callable:
         return dparams, dx
 
     pure.defvjp(pure_fwd, pure_bwd)
-    return pure
+    return _reverse_mode_only(layer, pure)
+
+
+def _reverse_mode_only(layer: Layer, bridge: Callable) -> Callable:
+    """``bridge`` with JAX's forward-mode error replaced by one that says what to do."""
+
+    @functools.wraps(bridge)
+    def f(*args):
+        try:
+            return bridge(*args)
+        except TypeError as err:
+            if "forward-mode" not in str(err):
+                raise
+            raise TypeError(
+                f"to_jax({layer.name}): forward-mode autodiff (jax.jvp, jax.jacfwd) is not "
+                f"available through to_jax, which hands JAX the layer's hand-written "
+                f"backward as a custom_vjp (a vector-Jacobian product only). Use reverse "
+                f"mode (jax.grad, jax.vjp, jax.jacrev; jax.hessian works too), or "
+                f"differentiate the forward with JAX's own autodiff, e.g. jax.jvp(lambda p, "
+                f"x: layer.forward(p, x)[0], primals, tangents), or a fn.interop.from_jax "
+                f"layer."
+            ) from None
+
+    return f
 
 
 def _zeros_like(tree):

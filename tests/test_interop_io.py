@@ -1,6 +1,4 @@
-"""to_jax / from_jax and save / load."""
-
-import os
+"""to_jax / from_jax (save / load: tests/test_io.py, tests/test_io_faults.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +7,6 @@ import pytest
 
 import funcnn as fn
 from funcnn.interop import from_jax, to_jax
-from funcnn.io import load, save
 
 
 def test_to_jax_uses_our_backward(key):
@@ -67,25 +64,47 @@ def test_from_jax_with_params(key):
     assert fn.check.check_layer(scaled, (2, 5)).ok
 
 
-def test_save_load_roundtrip(tmp_path, key):
-    model = fn.sequential(fn.dense(4), fn.relu(), fn.dense(2))
-    params, _ = model.init(key, (3, 5))
-    path = os.fspath(tmp_path / "params.npz")
-    save(path, params)
-    loaded = load(path, like=params)
-    for a, b in zip(
-        jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(params), strict=True
+@pytest.mark.parametrize("mode", ["jvp", "jacfwd"])
+def test_to_jax_forward_mode_says_what_to_use(mode, key):
+    layer = fn.sequential(fn.dense(3), fn.tanh())
+    params, _ = layer.init(key, (2, 4))
+    x = jax.random.normal(key, (2, 4))
+    f = to_jax(layer)
+    run = {
+        "jvp": lambda: jax.jvp(lambda x: f(params, x), (x,), (x,)),
+        "jacfwd": lambda: jax.jacfwd(lambda x: f(params, x))(x),
+    }[mode]
+    with pytest.raises(
+        TypeError,
+        match=r"to_jax\(sequential\): forward-mode autodiff \(jax.jvp, jax.jacfwd\) is not "
+        r"available through to_jax.*custom_vjp.*Use reverse mode \(jax.grad, jax.vjp, "
+        r"jax.jacrev.*jax.jvp\(lambda p, x: layer.forward\(p, x\)\[0\]",
     ):
-        np.testing.assert_array_equal(a, b)
-    assert [p.name for p in tmp_path.iterdir()] == ["params.npz"]  # no temp file left
+        run()
+    # What the message suggests works: reverse mode through the bridge, and forward mode
+    # on the plain forward, give the same Jacobian.
+    rev = jax.jacrev(lambda x: f(params, x))(x)
+    fwd = jax.jacfwd(lambda x: layer.forward(params, x)[0])(x)
+    np.testing.assert_allclose(rev, fwd, rtol=1e-10, atol=1e-12)
 
 
-def test_load_refuses_mismatched_trees(tmp_path, key):
-    params, _ = fn.dense(4).init(key, (3, 5))
-    path = os.fspath(tmp_path / "p.npz")
-    save(path, params)
-    other, _ = fn.dense(4).init(key, (3, 6))
-    with pytest.raises(ValueError, match=r"load: leaf \['w'\] .* has shape \(5, 4\).*\(6, 4\)"):
-        load(path, like=other)
-    with pytest.raises(ValueError, match=r"does not match the template's structure"):
-        load(path, like={"w": params["w"]})
+def test_to_jax_hessian_is_forward_over_our_backward(key):
+    layer = fn.sequential(fn.dense(3), fn.tanh(), fn.dense(1))
+    params, _ = layer.init(key, (2, 3))
+    x = jax.random.normal(key, (2, 3))
+    f = to_jax(layer)
+    ours = jax.hessian(lambda x: (f(params, x) ** 2).sum())(x)
+    ref = jax.hessian(lambda x: (layer.forward(params, x)[0] ** 2).sum())(x)
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_to_jax_wide_forward_mode_error(key):
+    layer = fn.sequential(fn.dense(3), fn.dropout(0.5))
+    params, state, _ = fn.init_layer(layer, key, (2, 4))
+    f = to_jax(layer)
+    x = jnp.ones((2, 4))
+    with pytest.raises(TypeError, match=r"to_jax\(sequential\): forward-mode autodiff"):
+        jax.jvp(lambda x: f(params, x, state, fn.Ctx(key=key, train=True))[0], (x,), (x,))
+    # Other TypeErrors pass through unchanged.
+    with pytest.raises(TypeError, match=r"sequential: params must be a tuple"):
+        f({"w": x}, x, state, fn.Ctx())
