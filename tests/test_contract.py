@@ -2,7 +2,8 @@
 
 Two tests per case keep the suite fast while covering the whole contract:
 
-* float64 parity: ``check_layer`` runs the forward eagerly and under ``jax.jit`` (and
+* float64 parity, at random params (``funcnn.check.random_params``, or the case's
+  ``randomize``): ``check_layer`` runs the forward eagerly and under ``jax.jit`` (and
   compares them), feeds the jitted cache to the hand-written backward, and compares the
   result with ``jax.vjp`` and central finite differences; it also checks that ``init``'s
   output shape is the real one and that the gradient trees mirror ``x`` and ``params``.
@@ -35,8 +36,12 @@ def _x_for(case, key, dtype):
 def test_backward_matches_vjp_and_finite_differences(case):
     layer = case.make()
     x = case.make_x(jax.random.PRNGKey(3)) if case.make_x else None
-    kwargs = {"fd_directions": 1, **case.check_kwargs}  # one random direction per leaf
-    check_layer(layer, case.input_shape, x=x, train=case.train, jit=True, **kwargs)
+    kwargs = {"fd_directions": 1, "randomize": case.randomize, **case.check_kwargs}
+    # At random params (one random direction per leaf); a built-in backward that calls
+    # JAX's autodiff fails.
+    check_layer(
+        layer, case.input_shape, x=x, train=case.train, jit=True, autodiff="error", **kwargs
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

@@ -26,6 +26,9 @@ class Case:
       make_x: optional ``key -> x`` for inputs that are not standard-normal floats.
       train: mode for wide layers.
       check_kwargs: tolerance overrides for ``check_grads``.
+      randomize: ``(key, params, state) -> (params, state)`` for layers whose params or
+        state must satisfy a constraint that :func:`funcnn.check.random_params` (the
+        default point of the parity check) does not keep; ``None`` uses the default.
     """
 
     id: str
@@ -35,6 +38,7 @@ class Case:
     make_x: Callable[[Any], Any] | None = None
     train: bool = True
     check_kwargs: dict = dataclasses.field(default_factory=dict)
+    randomize: Callable[[Any, Any, Any], Any] | None = None
 
 
 def all_cases() -> list[Case]:
