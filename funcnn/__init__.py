@@ -16,6 +16,7 @@ from funcnn.combinators import (
     fan_out,
     graph,
     parallel,
+    remat,
     residual,
     sequential,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "optim",
     "parallel",
     "predict",
+    "remat",
     "residual",
     "sequential",
     "summary",

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn.core import (
+    Ctx,
     Layer,
     Static,
     as_wide,
@@ -315,6 +316,70 @@ def residual(layer: Layer) -> Layer:
     return _chain("residual", (fan_out(2), parallel(layer, identity()), fan_in_sum(2)))
 
 
+# --- recompute ------------------------------------------------------------------------
+
+
+def remat(layer: Layer) -> Layer:
+    """Recompute instead of remembering: cache only the input, rerun ``layer`` in backward.
+
+    ``y = f(x)`` as ``layer`` computes it, with the same params and state (no extra nesting:
+    ``remat(f)``'s params *are* ``f``'s params). The forward throws the child's cache away
+    and keeps ``(x, state, ctx)``; the backward first reruns the child's forward on them,
+    which rebuilds exactly the cache the child would have kept (dropout draws the same mask
+    from the same key, batchnorm the same batch statistics), then runs the child's
+    backward::
+
+        forward:  y, _ = f.forward(params, x)            cache: x (and the input state, ctx)
+        backward: _, c = f.forward(params, x);  dx, dparams = f.backward(params, c, dy)
+
+    The gradients are the child's, bit for bit; the cost is one more forward of ``f``. Use
+    it on blocks whose cache is much larger than their input (deep MLPs, transformer
+    blocks). Inside one compiled step the recomputation is tied to ``dy`` with
+    ``lax.optimization_barrier``, so XLA cannot merge it with the first forward (which
+    would keep the child's cache alive after all).
+
+    >>> import jax, jax.numpy as jnp, funcnn as fn
+    >>> block = fn.sequential(fn.dense(64), fn.tanh(), fn.dense(8))
+    >>> params, _ = fn.remat(block).init(jax.random.PRNGKey(0), (4, 8))
+    >>> y, cache = fn.remat(block).forward(params, jnp.ones((4, 8)))
+    >>> [leaf.shape for leaf in jax.tree_util.tree_leaves(cache)]  # only the input
+    [(4, 8)]
+    """
+    (layer,) = _check_layers("remat", (layer,))
+    wide = as_wide(layer)
+
+    def init(key, input_shape):
+        with _inside("remat", "0", layer):
+            return wide.init(key, input_shape)
+
+    def forward(params, x, state, ctx):
+        with _inside("remat", "0", layer):
+            y, _, new_state = wide.forward(params, x, state, ctx)
+        return y, (x, state, ctx), new_state
+
+    def backward(params, cache, dy):
+        x, state, ctx = cache
+        x, params, state, dy = jax.lax.optimization_barrier((x, params, state, dy))
+        _, child_cache, _ = wide.forward(params, x, state, ctx)
+        return layer.backward(params, child_cache, dy)
+
+    if layer.wide:
+        return Layer(init, forward, backward, name="remat", wide=True, children=(layer,))
+
+    def pure_init(key, input_shape):
+        params, _, output_shape = init(key, input_shape)
+        return params, output_shape
+
+    def pure_forward(params, x):
+        y, cache, _ = forward(params, x, (), Ctx())
+        return y, cache[0]
+
+    def pure_backward(params, x, dy):
+        return backward(params, (x, (), Ctx()), dy)
+
+    return Layer(pure_init, pure_forward, pure_backward, name="remat", children=(layer,))
+
+
 # --- general graphs -------------------------------------------------------------------
 
 GRAPH_INPUT = "input"
@@ -433,6 +498,7 @@ __all__ = [
     "fan_out",
     "graph",
     "parallel",
+    "remat",
     "residual",
     "sequential",
 ]

@@ -25,3 +25,10 @@ def test_pooling_benchmark_matches_reduce_window():
     times, cache_bytes, residual_bytes = pooling.measure((2, 6, 6, 3), 2, 2, repeats=3)
     assert set(times) == {"ours", "reference", "forward", "backward"}
     assert 0 < cache_bytes < residual_bytes
+
+
+def test_remat_benchmark_variants_agree_and_cache_less():
+    import remat
+
+    results = remat.measure(4, 3, 8, repeats=3)  # asserts that the gradients agree
+    assert results["remat whole model"][0] < results["remat per block"][0] < results["plain"][0]

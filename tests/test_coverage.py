@@ -13,6 +13,7 @@ COMBINATORS = [
     "fan_out",
     "fan_in_sum",
     "fan_in_concat",
+    "remat",
     "residual",
     "graph",
 ]
