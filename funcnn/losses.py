@@ -40,6 +40,7 @@ __all__ = [
     "huber",
     "l1",
     "mse",
+    "multi",
     "softmax_cross_entropy",
 ]
 
@@ -471,5 +472,119 @@ def hinge(reduction: str = "mean", *, margin: float = 1.0) -> Loss:
         g = a - _one_hot(labels, num_classes).astype(dtype.value) * count
         g = jnp.where(_valid(labels, num_classes)[..., None], g, jnp.nan)
         return (scale / num_classes) * g
+
+    return Loss(forward, backward, name)
+
+
+# --- several outputs -------------------------------------------------------------------
+
+
+def multi(*terms) -> Loss:
+    """A weighted sum of losses, one per output of a multi-output model.
+
+    Args:
+      terms: one per output, in the order of the model's outputs: a :class:`Loss`
+        (weight 1), a pair ``(loss, weight)`` with a finite real ``weight``, or ``None``
+        for an output that is not trained (its cotangent is zero). At least one term is
+        a loss.
+
+    ``forward(preds, targets)`` takes tuples (or lists) with one entry per term; the
+    target of a ``None`` term is ignored (pass ``None``). With ``l_i`` the loss of term
+    ``i`` on ``(preds[i], targets[i])``::
+
+        L = sum_i w_i * l_i            dL/dpreds[i] = w_i * dl_i/dpreds[i]
+
+    so ``backward(cache, dloss)`` returns a tuple: term ``i``'s own backward with
+    ``dloss * w_i``, or zeros of the prediction's shape for a ``None`` term. Every term
+    must reduce to a scalar ("mean" or "sum"). This trains a ``graph`` with several
+    outputs through ``value_and_grad``, ``train_step`` and ``fit``, with the targets as
+    a tuple.
+
+    Cache: each term's cache, and the shapes of the untrained predictions (static).
+
+    >>> import jax.numpy as jnp
+    >>> from funcnn import losses
+    >>> loss = losses.multi((losses.mse(), 1.0), (losses.softmax_cross_entropy(), 0.5))
+    >>> preds = (jnp.zeros((2, 1)), jnp.zeros((2, 3)))
+    >>> value, cache = loss.forward(preds, (jnp.ones((2, 1)), jnp.array([0, 2])))
+    >>> round(float(value), 4)  # 1.0 * 1 + 0.5 * log(3)
+    1.5493
+    >>> [g.shape for g in loss.backward(cache)]
+    [(2, 1), (2, 3)]
+    """
+    if not terms:
+        raise ValueError("multi: give one loss per output of the model, got none")
+    losses_, weights = [], []
+    for i, term in enumerate(terms):
+        if term is None or isinstance(term, Loss):
+            loss, weight = term, 1.0
+        elif isinstance(term, tuple) and len(term) == 2 and isinstance(term[0], Loss):
+            loss, weight = term
+        else:
+            raise TypeError(
+                f"multi: term {i} must be a Loss, a (Loss, weight) pair or None (an output "
+                f"without a loss), got {term!r}"
+            )
+        finite = isinstance(weight, (int, float)) and math.isfinite(weight)
+        if isinstance(weight, bool) or not finite:
+            raise ValueError(
+                f"multi: the weight of term {i} must be a finite number, got {weight!r}"
+            )
+        losses_.append(loss)
+        weights.append(float(weight))
+    if all(loss is None for loss in losses_):
+        raise ValueError("multi: at least one term must be a loss, got only None")
+    n = len(losses_)
+    name = "multi(" + ", ".join("None" if l is None else l.name for l in losses_) + ")"
+
+    def check_tuple(what, value):
+        if isinstance(value, (tuple, list)) and len(value) == n:
+            return
+        if isinstance(value, (tuple, list)):
+            got = f"{type(value).__name__} of length {len(value)}"
+        elif hasattr(value, "shape"):
+            got = f"an array of shape {tuple(value.shape)}"
+        else:
+            got = type(value).__name__
+        raise ValueError(
+            f"{name}: expected a tuple of {n} {what} (one per loss, in the order of the "
+            f"model's outputs), got {got}"
+        )
+
+    def forward(preds, targets):
+        check_tuple("predictions", preds)
+        check_tuple("targets", targets)
+        total, caches, untrained = None, [], []
+        for i, (loss, weight) in enumerate(zip(losses_, weights, strict=True)):
+            if loss is None:
+                leaves, treedef = jax.tree_util.tree_flatten(preds[i])
+                untrained.append((treedef, tuple((tuple(a.shape), a.dtype) for a in leaves)))
+                caches.append(None)
+                continue
+            try:
+                value, cache = loss.forward(preds[i], targets[i])
+            except (ValueError, TypeError) as err:
+                raise type(err)(f"{name}[{i}] ({loss.name}): {err}") from err
+            if jnp.shape(value) != ():
+                raise ValueError(
+                    f"{name}[{i}] ({loss.name}): each loss must be a scalar, got shape "
+                    f"{tuple(jnp.shape(value))}; use reduction='mean' or 'sum'"
+                )
+            untrained.append(None)
+            caches.append(cache)
+            total = weight * value if total is None else total + weight * value
+        return total, (tuple(caches), Static((tuple(untrained), isinstance(preds, list))))
+
+    def backward(cache, dloss=1.0):
+        caches, meta = cache
+        untrained, as_list = meta.value
+        grads = []
+        for i, (loss, weight) in enumerate(zip(losses_, weights, strict=True)):
+            if loss is None:
+                treedef, specs = untrained[i]
+                grads.append(treedef.unflatten([jnp.zeros(s, d) for s, d in specs]))
+            else:
+                grads.append(loss.backward(caches[i], dloss * weight))
+        return grads if as_list else tuple(grads)
 
     return Loss(forward, backward, name)

@@ -554,7 +554,8 @@ def test_non_scalar_dloss_is_an_error(name):
 
 
 def test_public_names():
-    assert sorted(losses.__all__) == sorted(FACTORIES)
+    # multi combines losses over several outputs: tests/test_train_api.py.
+    assert sorted(set(losses.__all__) - {"multi"}) == sorted(FACTORIES)
     for name, factory in FACTORIES.items():
         assert factory().name == name
         assert repr(factory()) == f"Loss({name!r})"

@@ -257,3 +257,117 @@ def test_predict_is_eval_mode_jit_friendly_and_batches():
         predict(MSE, p2, x)
     with pytest.raises(ValueError, match="predict: batch_size must be a positive int"):
         predict(two, p2, x, batch_size=0)
+
+
+# --- losses over several outputs ---------------------------------------------------------
+
+
+def two_heads():
+    """A graph with a regression head and a classification head on one trunk."""
+    return fn.graph(
+        {
+            "trunk": (fn.sequential(fn.dense(8), fn.tanh()), "input"),
+            "reg": (fn.dense(2), "trunk"),
+            "cls": (fn.dense(3), "trunk"),
+        },
+        output=("reg", "cls"),
+    )
+
+
+def heads_data(n=24, seed=0):
+    kx, kl = jax.random.split(jax.random.PRNGKey(seed))
+    x = jax.random.normal(kx, (n, 4), jnp.float32)
+    labels = jax.random.randint(kl, (n,), 0, 3)
+    return x, (jnp.stack([x[:, 0], x[:, 1] * x[:, 2]], axis=1), labels)
+
+
+def test_multi_loss_gradients_match_jax():
+    model = two_heads()
+    x, (y_reg, labels) = heads_data()
+    x, y_reg = x.astype(jnp.float64), y_reg.astype(jnp.float64)
+    params, _ = model.init(jax.random.PRNGKey(1), x.shape)
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+    loss = fn.losses.multi((MSE, 1.0), (CE, 0.25))
+    assert loss.name == "multi(mse, softmax_cross_entropy)"
+
+    def objective(params):
+        reg, cls = model.forward(params, x)[0]
+        return MSE.forward(reg, y_reg)[0] + 0.25 * CE.forward(cls, labels)[0]
+
+    value, grads = fn.train.value_and_grad(model, loss)(params, x, (y_reg, labels))
+    ref_value, ref_grads = jax.value_and_grad(objective)(params)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-12)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), grads, ref_grads
+    )
+    # dloss scales every term; lists work like tuples.
+    preds = model.forward(params, x)[0]
+    _, cache = loss.forward(list(preds), [y_reg, labels])
+    d = loss.backward(cache, 3.0)
+    assert isinstance(d, list)
+    np.testing.assert_allclose(d[1], 3.0 * 0.25 * CE.backward(CE.forward(preds[1], labels)[1]))
+
+
+def test_multi_loss_none_term_trains_nothing_through_its_output():
+    model = two_heads()
+    x, (y_reg, _labels) = heads_data()
+    params, _ = model.init(jax.random.PRNGKey(1), x.shape)
+    loss = fn.losses.multi(MSE, None)
+    value, grads = fn.train.value_and_grad(model, loss)(params, x, (y_reg, None))
+    assert float(value) == float(MSE.forward(model.forward(params, x)[0][0], y_reg)[0])
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads["cls"]))
+    assert float(jnp.abs(grads["reg"]["w"]).max()) > 0
+
+
+def test_multi_loss_trains_with_train_step_and_fit():
+    model = two_heads()
+    x, y = heads_data(n=48)
+    opt = optim.adam(2e-2)
+    loss = fn.losses.multi((MSE, 1.0), (CE, 0.5))
+    ts = init_train_state(model, opt, jax.random.PRNGKey(0), x.shape)
+    step = train_step(model, loss, opt)
+    values = []
+    for _ in range(60):
+        ts, value = step(ts, x, y)
+        values.append(float(value))
+    assert values[-1] < 0.6 * values[0]
+    params, _ = model.init(jax.random.PRNGKey(0), x.shape)
+    result = fit(
+        model, loss, opt, params, x, y, key=jax.random.PRNGKey(1), epochs=3, batch_size=16,
+        validation_data=heads_data(n=16, seed=1), progress=False,
+    )  # fmt: skip
+    assert result.history["loss"][-1] < result.history["loss"][0]
+    assert len(result.history["val_loss"]) == 3
+    reg, cls = predict(model, result.params, x)
+    assert reg.shape == (48, 2) and cls.shape == (48, 3)
+
+
+def test_multi_loss_errors():
+    _x, (y_reg, labels) = heads_data()
+    loss = fn.losses.multi(MSE, (CE, 0.5))
+    preds = (jnp.zeros((24, 2)), jnp.zeros((24, 3)))
+    with pytest.raises(
+        ValueError,
+        match=r"multi\(mse, softmax_cross_entropy\): expected a tuple of 2 predictions \(one per "
+        r"loss, in the order of the model's outputs\), got an array of shape \(24, 2\)",
+    ):
+        loss.forward(preds[0], (y_reg, labels))
+    with pytest.raises(ValueError, match=r"expected a tuple of 2 targets .*got tuple of length 1"):
+        loss.forward(preds, (y_reg,))
+    with pytest.raises(ValueError, match=r"multi\(mse, softmax_cross_entropy\)\[0\] \(mse\): mse"):
+        loss.forward(preds, (labels, labels))
+    per_row = fn.core.Loss(lambda p, t: (jnp.sum(p, -1), ()), lambda c, d=1.0: d, "rows")
+    with pytest.raises(
+        ValueError,
+        match=r"\[1\] \(rows\): each loss must be a scalar, got shape "
+        r"\(24,\); use reduction='mean' or 'sum'",
+    ):
+        fn.losses.multi(MSE, per_row).forward(preds, (y_reg, labels))
+    with pytest.raises(TypeError, match=r"multi: term 1 must be a Loss, a \(Loss, weight\) pair"):
+        fn.losses.multi(MSE, "ce")
+    with pytest.raises(ValueError, match=r"multi: the weight of term 0 must be a finite number"):
+        fn.losses.multi((MSE, float("nan")))
+    with pytest.raises(ValueError, match=r"multi: at least one term must be a loss"):
+        fn.losses.multi(None, None)
+    with pytest.raises(ValueError, match=r"multi: give one loss per output"):
+        fn.losses.multi()
