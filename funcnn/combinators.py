@@ -43,6 +43,55 @@ def _inside(combinator: str, where: str, layer: Layer):
         raise type(err)(f"{combinator}[{where}] ({layer.name}): {err}") from err
 
 
+# funcnn.summary sets this to a _CallTree while it traces a model, to see every child call.
+_recorder: _CallTree | None = None
+
+
+class _CallTree:
+    """The child calls of one ``init`` or ``forward``, nested as the combinators nest them:
+    each node is ``{"where", "layer", "out", "children"}``."""
+
+    def __init__(self):
+        self.root = {"children": []}
+        self._stack = [self.root]
+
+    def enter(self, where: str, layer: Layer) -> dict:
+        node = {"where": where, "layer": layer, "children": []}
+        self._stack[-1]["children"].append(node)
+        self._stack.append(node)
+        return node
+
+    def leave(self):
+        self._stack.pop()
+
+
+@contextlib.contextmanager
+def recording():
+    """Record every child call made inside the block (for :func:`funcnn.summary`)."""
+    global _recorder
+    outer, _recorder = _recorder, _CallTree()
+    try:
+        yield _recorder
+    finally:
+        _recorder = outer
+
+
+def _call_child(combinator: str, where, layer: Layer, method, *args):
+    """``method(*args)`` for the child ``layer`` of ``combinator`` at position ``where``:
+    its errors name that position, and an active :func:`recording` notes the call."""
+    tree = _recorder
+    node = None if tree is None else tree.enter(str(where), layer)
+    try:
+        with _inside(combinator, str(where), layer):
+            out = method(*args)
+    finally:
+        if tree is not None:
+            tree.leave()
+    if node is not None:
+        node["out"] = out
+    return out
+
+
 def _add(a, b):
     """Sum two cotangent trees; ``None`` (no gradient, e.g. an integer input) is the unit."""
     if a is None:
@@ -105,8 +154,7 @@ def _chain(name: str, layers: Sequence[Layer]) -> Layer:
         keys = jax.random.split(key, n) if n else ()
         params, states, shape = [], [], input_shape
         for i, layer in enumerate(lifted):
-            with _inside(name, str(i), layer):
-                p, s, shape = layer.init(keys[i], shape)
+            p, s, shape = _call_child(name, i, layer, layer.init, keys[i], shape)
             params.append(p)
             states.append(s)
         return tuple(params), tuple(states), shape
@@ -116,8 +164,9 @@ def _chain(name: str, layers: Sequence[Layer]) -> Layer:
         _check_tuple(name, "state", state, n)
         caches, new_states = [], []
         for i, layer in enumerate(lifted):
-            with _inside(name, str(i), layer):
-                x, cache, s = layer.forward(params[i], x, state[i], ctx.child(i))
+            x, cache, s = _call_child(
+                name, i, layer, layer.forward, params[i], x, state[i], ctx.child(i)
+            )
             caches.append(cache)
             new_states.append(s)
         return x, tuple(caches), tuple(new_states)
@@ -150,8 +199,7 @@ def parallel(*layers: Layer) -> Layer:
         keys = jax.random.split(key, n)
         out = []
         for i, layer in enumerate(lifted):
-            with _inside("parallel", str(i), layer):
-                out.append(layer.init(keys[i], input_shape[i]))
+            out.append(_call_child("parallel", i, layer, layer.init, keys[i], input_shape[i]))
         return tuple(o[0] for o in out), tuple(o[1] for o in out), tuple(o[2] for o in out)
 
     def forward(params, x, state, ctx):
@@ -160,8 +208,11 @@ def parallel(*layers: Layer) -> Layer:
         _check_tuple("parallel", "state", state, n)
         out = []
         for i, layer in enumerate(lifted):
-            with _inside("parallel", str(i), layer):
-                out.append(layer.forward(params[i], x[i], state[i], ctx.child(i)))
+            out.append(
+                _call_child(
+                    "parallel", i, layer, layer.forward, params[i], x[i], state[i], ctx.child(i)
+                )
+            )
         return tuple(o[0] for o in out), tuple(o[1] for o in out), tuple(o[2] for o in out)
 
     def backward(params, cache, dy):
@@ -349,12 +400,10 @@ def remat(layer: Layer) -> Layer:
     wide = as_wide(layer)
 
     def init(key, input_shape):
-        with _inside("remat", "0", layer):
-            return wide.init(key, input_shape)
+        return _call_child("remat", 0, layer, wide.init, key, input_shape)
 
     def forward(params, x, state, ctx):
-        with _inside("remat", "0", layer):
-            y, _, new_state = wide.forward(params, x, state, ctx)
+        y, _, new_state = _call_child("remat", 0, layer, wide.forward, params, x, state, ctx)
         return y, (x, state, ctx), new_state
 
     def backward(params, cache, dy):
@@ -458,19 +507,29 @@ def graph(nodes: Mapping[str, tuple], output: str | Sequence[str]) -> Layer:
         shapes = {GRAPH_INPUT: input_shape}
         params, states = {}, {}
         for i, name in enumerate(names):
-            with _inside("graph", name, layers[name]):
-                params[name], states[name], shapes[name] = lifted[name].init(
-                    jax.random.fold_in(key, i), gather(shapes, name)
-                )
+            params[name], states[name], shapes[name] = _call_child(
+                "graph",
+                name,
+                layers[name],
+                lifted[name].init,
+                jax.random.fold_in(key, i),
+                gather(shapes, name),
+            )
         return params, states, result(shapes)
 
     def forward(params, x, state, ctx):
         values, caches, new_states = {GRAPH_INPUT: x}, {}, {}
         for i, name in enumerate(names):
-            with _inside("graph", name, layers[name]):
-                values[name], caches[name], new_states[name] = lifted[name].forward(
-                    params[name], gather(values, name), state[name], ctx.child(i)
-                )
+            values[name], caches[name], new_states[name] = _call_child(
+                "graph",
+                name,
+                layers[name],
+                lifted[name].forward,
+                params[name],
+                gather(values, name),
+                state[name],
+                ctx.child(i),
+            )
         return result(values), caches, new_states
 
     def backward(params, cache, dy):

@@ -141,7 +141,7 @@ def test_typed_keys_work(key):
 
 
 def test_summary_lists_children():
-    text = fn.summary(fn.sequential(fn.dense(4), fn.relu(), fn.dense(2)), (8, 3))
+    text = str(fn.summary(fn.sequential(fn.dense(4), fn.relu(), fn.dense(2)), (8, 3)))
     assert "output (8, 2)" in text and "total params: 26" in text
 
 
