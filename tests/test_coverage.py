@@ -44,3 +44,42 @@ def test_every_public_layer_has_a_docstring_with_its_backward():
     for name in [*layers.__all__, *COMBINATORS]:
         doc = inspect.getdoc(getattr(fn, name)) or ""
         assert "ackward" in doc, f"{name}'s docstring does not give its backward"
+
+
+def _api_rule():
+    """docs/hooks/api.py: the API reference's coverage rule (also a mkdocs hook)."""
+    import importlib.util
+
+    path = DOCS / "hooks" / "api.py"
+    spec = importlib.util.spec_from_file_location("funcnn_docs_api", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_api_reference_documents_every_public_name():
+    problems = _api_rule().missing()
+    assert not problems, "the API reference (docs/api) is incomplete:\n" + "\n".join(problems)
+
+
+def test_api_reference_rule_covers_every_export():
+    api = _api_rule()
+    expected = api.expected()
+    # every top-level name resolves to where it is documented
+    for name in fn.__all__:
+        assert api.identifier("funcnn", name) in expected, name
+    assert expected["funcnn.layers.dense.dense"] == "funcnn.dense"
+    assert "funcnn.core.Layer" in expected and "funcnn.summary" in expected
+
+
+def test_api_reference_says_what_is_missing(monkeypatch):
+    api = _api_rule()
+    pages = api.pages()
+    monkeypatch.setattr(api, "pages", lambda: {k: v for k, v in pages.items() if k != "funcnn.io"})
+    monkeypatch.setattr(
+        api, "restricted_members", lambda page, module: [] if module == "funcnn.core" else None
+    )
+    problems = "\n".join(api.missing())
+    assert "funcnn.io has no API page: create docs/api/io.md" in problems
+    assert "'::: funcnn.io'" in problems and "'- funcnn.io: api/io.md'" in problems
+    assert "funcnn.core.Layer (exported as funcnn.Layer) is public but docs/api/core.md" in problems
