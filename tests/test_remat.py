@@ -12,6 +12,13 @@ def _nbytes(tree):
     return sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(tree))
 
 
+def _assert_trees_equal(a, b):
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for u, v in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(u, v)
+
+
 def _deep_mlp(depth=6, width=32):
     layers = []
     for _ in range(depth):
@@ -30,12 +37,9 @@ def test_params_are_the_childs_and_gradients_equal_bit_for_bit():
     ry, rcache = jax.jit(fn.remat(block).forward)(params, x)
     dy = jax.random.normal(jax.random.PRNGKey(2), y.shape)
     np.testing.assert_array_equal(ry, y)
-    for a, b in zip(
-        jax.tree_util.tree_leaves(block.backward(params, cache, dy)),
-        jax.tree_util.tree_leaves(fn.remat(block).backward(params, rcache, dy)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
+    _assert_trees_equal(
+        block.backward(params, cache, dy), fn.remat(block).backward(params, rcache, dy)
+    )
 
 
 def test_cache_is_only_the_input():
@@ -59,17 +63,11 @@ def test_wide_child_redraws_the_same_mask_and_keeps_its_state():
     y, cache, new_state = fn.apply_layer(block, params, x, state, ctx)
     ry, rcache, r_new_state = fn.apply_layer(fn.remat(block), params, x, state, ctx)
     np.testing.assert_array_equal(ry, y)
-    for a, b in zip(
-        jax.tree_util.tree_leaves(new_state), jax.tree_util.tree_leaves(r_new_state), strict=True
-    ):
-        np.testing.assert_array_equal(a, b)
+    _assert_trees_equal(new_state, r_new_state)
     dy = jnp.ones_like(y)
-    for a, b in zip(
-        jax.tree_util.tree_leaves(block.backward(params, cache, dy)),
-        jax.tree_util.tree_leaves(fn.remat(block).backward(params, rcache, dy)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
+    _assert_trees_equal(
+        block.backward(params, cache, dy), fn.remat(block).backward(params, rcache, dy)
+    )
 
 
 def test_remat_needs_a_layer_and_names_itself_in_child_errors():
