@@ -20,12 +20,22 @@ from funcnn.layers.dropout import dropout
 from funcnn.layers.embedding import embedding
 from funcnn.layers.normalization import batchnorm, layernorm
 from funcnn.layers.pooling import avg_pool2d, global_avg_pool, max_pool2d
+from funcnn.layers.recurrent import (
+    bidirectional,
+    gru,
+    gru_cell,
+    lstm,
+    lstm_cell,
+    rnn,
+    rnn_cell,
+)
 from funcnn.layers.shape import flatten, reshape
 
 __all__ = [
     "avg_pool2d",
     "batchnorm",
     "bias",
+    "bidirectional",
     "conv1d",
     "conv2d",
     "conv_transpose2d",
@@ -36,14 +46,20 @@ __all__ = [
     "flatten",
     "gelu",
     "global_avg_pool",
+    "gru",
+    "gru_cell",
     "identity",
     "layernorm",
     "leaky_relu",
     "linear",
     "log_softmax",
+    "lstm",
+    "lstm_cell",
     "max_pool2d",
     "relu",
     "reshape",
+    "rnn",
+    "rnn_cell",
     "selu",
     "sigmoid",
     "silu",
