@@ -314,13 +314,18 @@ def binary_cross_entropy_with_logits(reduction: str = "mean") -> Loss:
     return Loss(forward, backward, name)
 
 
-def softmax_cross_entropy(reduction: str = "mean") -> Loss:
+def softmax_cross_entropy(reduction: str = "mean", *, ignore_index: int | None = None) -> Loss:
     """Cross-entropy of ``softmax(logits)`` against class indices or class probabilities.
 
     As PyTorch's ``CrossEntropyLoss``, with the class axis last.
 
     Args:
       reduction: ``"mean"`` (over the batch: every axis but the class axis) or ``"sum"``.
+      ignore_index: a label value that counts for nothing (e.g. the padding of sequence
+        targets): such rows add 0 to the loss, get a zero gradient row, and "mean" divides
+        by the number of the other rows (PyTorch's rule; with no row counted the loss is
+        NaN, 0/0, and the gradient is zero, as in PyTorch). It may lie outside ``[0, C)``
+        (PyTorch's default is -100). Integer labels only.
 
     Shapes: ``logits (..., C)`` and either integer ``labels (...)`` (class indices) or float
     ``target (..., C)`` (class probabilities, e.g. one-hot or smoothed) -> a scalar. With
@@ -340,12 +345,19 @@ def softmax_cross_entropy(reduction: str = "mean") -> Loss:
         dlogits = dloss * s * (p - onehot(y))          (labels)
         dlogits = dloss * s * (p * sum_c t_c - t)      (probabilities)
 
+    With ``ignore_index``, ``N`` is the number of counted rows and ignored rows have
+    ``l = 0`` and ``dlogits = 0``.
+
     Labels outside ``[0, C)`` cannot be checked at trace time; they give a NaN loss and a
     NaN gradient row for that sample.
 
     Cache: ``(p, labels)`` or ``(p, t)``.
 
     >>> import jax.numpy as jnp, funcnn as fn
+    >>> padded = fn.losses.softmax_cross_entropy(ignore_index=-100)
+    >>> value, cache = padded.forward(jnp.zeros((3, 2), jnp.float32), jnp.array([0, -100, 1]))
+    >>> value, padded.backward(cache)[1]   # mean over the 2 counted rows: log 2
+    (Array(0.6931472, dtype=float32), Array([0., 0.], dtype=float32))
     >>> loss = fn.losses.softmax_cross_entropy()
     >>> logits = jnp.array([[0.0, 0.0], [1e4, -1e4]], jnp.float32)
     >>> value, cache = loss.forward(logits, jnp.array([0, 1]))
@@ -357,6 +369,19 @@ def softmax_cross_entropy(reduction: str = "mean") -> Loss:
     """
     name = "softmax_cross_entropy"
     reduction = _check_reduction(name, reduction)
+    if ignore_index is not None and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
+    ):
+        raise TypeError(f"{name}: ignore_index must be an int or None, got {ignore_index!r}")
+
+    def counted(labels):
+        """Which rows count (``None``: all of them)."""
+        if ignore_index is None:
+            return None
+        info = jnp.iinfo(labels.dtype)
+        if not info.min <= ignore_index <= info.max:  # no label of this dtype can equal it
+            return jnp.ones(labels.shape, bool)
+        return labels != ignore_index
 
     def forward(logits, target):
         num_classes = _check_logits(name, logits)
@@ -368,6 +393,18 @@ def softmax_cross_entropy(reduction: str = "mean") -> Loss:
             _check_labels(name, logits, target)
             picked = jnp.sum(jnp.where(_one_hot(target, num_classes), log_p, 0), axis=-1)
             per_row = jnp.where(_valid(target, num_classes), -picked, jnp.nan)
+            keep = counted(target)
+            if keep is not None:
+                # Ignored rows add nothing; "mean" divides by the rows that count.
+                per_row = jnp.where(keep, per_row, 0)
+                total = jnp.sum(per_row)
+                count = jnp.sum(keep).astype(total.dtype)
+                return (total / count if reduction == "mean" else total), (p, target)
+        elif ignore_index is not None:
+            raise ValueError(
+                f"{name}: ignore_index applies to integer class labels, got a target of "
+                f"dtype {target.dtype}; give ignored rows a zero probability row instead"
+            )
         elif jnp.issubdtype(target.dtype, jnp.floating):
             if tuple(target.shape) != tuple(logits.shape):
                 raise ValueError(
@@ -393,6 +430,13 @@ def softmax_cross_entropy(reduction: str = "mean") -> Loss:
             # l = logsumexp(x) - x_y  =>  dl/dx = p - onehot(y).
             g = p - _one_hot(target, num_classes).astype(p.dtype)
             g = jnp.where(_valid(target, num_classes)[..., None], g, jnp.nan)
+            keep = counted(target)
+            if keep is not None:  # ignored rows: no gradient; "mean" over the counted rows
+                g = jnp.where(keep[..., None], g, 0)
+                scale = _scale(name, dloss, "sum", 1, p.dtype)
+                if reduction == "mean":
+                    # max(count, 1): with no row counted every row of g is 0 (PyTorch's 0).
+                    scale = scale / jnp.maximum(jnp.sum(keep), 1).astype(p.dtype)
         else:
             # l = sum_c t_c (logsumexp(x) - x_c)  =>  dl/dx = p * sum_c t_c - t.
             g = p * jnp.sum(target, axis=-1, keepdims=True) - target

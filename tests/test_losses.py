@@ -559,3 +559,60 @@ def test_public_names():
     for name, factory in FACTORIES.items():
         assert factory().name == name
         assert repr(factory()) == f"Loss({name!r})"
+
+
+# --- ignore_index (padded sequence targets) ----------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+def test_cross_entropy_ignore_index_matches_torch(reduction, ignore_index):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(3, 4, 5)) * 3  # (N, T, C) sequence logits
+    labels = rng.integers(0, 5, size=(3, 4))
+    labels[0, 2:] = ignore_index
+    labels[2, 1] = ignore_index
+    ce = torch.nn.CrossEntropyLoss(reduction=reduction, ignore_index=ignore_index)
+
+    def torch_ce(p, t):  # PyTorch wants the class axis at 1
+        return ce(p.permute(0, 2, 1), t)
+
+    ours = losses.softmax_cross_entropy(reduction, ignore_index=ignore_index)
+    _compare_with_torch(ours, torch_ce, logits, labels, torch.int64)
+
+
+def test_cross_entropy_ignore_index_counts_only_the_other_rows():
+    logits = jax.random.normal(jax.random.PRNGKey(0), (4, 3), jnp.float64)
+    labels = jnp.array([0, -1, 2, -1])
+    value, grad = _value_and_grad(losses.softmax_cross_entropy(ignore_index=-1), logits, labels)
+    kept = jnp.array([0, 2])
+    ref, ref_grad = _value_and_grad(losses.softmax_cross_entropy(), logits[kept], labels[kept])
+    np.testing.assert_allclose(value, ref, rtol=1e-14)  # divided by 2 counted rows, not 4
+    np.testing.assert_allclose(grad[kept], ref_grad, rtol=1e-14)
+    assert np.all(np.asarray(grad)[[1, 3]] == 0)  # -1 is out of range, yet no NaN
+    # The count is traced: the same compiled loss serves any number of ignored labels.
+    loss = losses.softmax_cross_entropy(ignore_index=-1)
+    jitted = jax.jit(lambda x, y: loss.backward(loss.forward(x, y)[1]))
+    np.testing.assert_allclose(jitted(logits, labels), grad, rtol=1e-14)
+
+
+def test_cross_entropy_all_ignored_is_nan_with_zero_gradient_as_torch():
+    loss = losses.softmax_cross_entropy(ignore_index=0)
+    value, cache = loss.forward(jnp.ones((2, 3)), jnp.zeros(2, jnp.int32))
+    assert np.isnan(value)  # 0 / 0 counted rows, PyTorch's value
+    assert np.all(np.asarray(loss.backward(cache)) == 0)
+    # An ignore_index that no label of the dtype can hold ignores nothing.
+    wide = losses.softmax_cross_entropy(ignore_index=-100)
+    labels = jnp.array([1, 2], jnp.uint8)
+    v, _ = wide.forward(jnp.ones((2, 3)), labels)
+    np.testing.assert_allclose(v, np.log(3), rtol=1e-6)
+
+
+def test_cross_entropy_ignore_index_errors():
+    with pytest.raises(TypeError, match=r"^softmax_cross_entropy: ignore_index must be an int"):
+        losses.softmax_cross_entropy(ignore_index=1.5)
+    with pytest.raises(
+        ValueError, match=r"^softmax_cross_entropy: ignore_index applies to integer class labels"
+    ):
+        losses.softmax_cross_entropy(ignore_index=0).forward(jnp.zeros((2, 3)), jnp.ones((2, 3)))
