@@ -49,7 +49,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcnn.core import Layer, along_last_axis, check_positive_int, is_shape
+from funcnn.combinators import _call_child  # errors name the child; summary sees it
+from funcnn.core import Ctx, Layer, along_last_axis, as_wide, check_positive_int, is_shape
 from funcnn.initializers import Initializer, glorot_uniform, zeros
 
 __all__ = ["bidirectional", "gru", "gru_cell", "lstm", "lstm_cell", "rnn", "rnn_cell"]
@@ -1085,15 +1086,6 @@ for _cell in (rnn_cell, lstm_cell, gru_cell):
 # --- bidirectional ------------------------------------------------------------------------
 
 
-def _prefixed(where: str, layer: Layer, method: str, *args):
-    """Call ``layer.<method>(*args)``; prefix its errors with where it sits, e.g.
-    ``bidirectional[backward] (lstm): ...``."""
-    try:
-        return getattr(layer, method)(*args)
-    except (ValueError, TypeError) as err:
-        raise type(err)(f"bidirectional[{where}] ({layer.name}): {err}") from err
-
-
 def bidirectional(
     forward_layer: Layer, backward_layer: Layer | None = None, *, merge: str = "concat"
 ) -> Layer:
@@ -1159,6 +1151,8 @@ def bidirectional(
             f"(forward) and {second.hidden} (backward); use merge='concat'"
         )
     layers = (forward_layer, backward_layer)
+    lifted = tuple(as_wide(layer) for layer in layers)
+    ctx = Ctx()
     initial_carry, return_carry = first.initial_carry, first.return_carry
     split = first.hidden
 
@@ -1180,7 +1174,10 @@ def bidirectional(
                 carries[i] if initial_carry else None,
                 initial_carry,
             )
-            p, s = _prefixed(where, layers[i], "init", keys[i], child_shape)
+            # The wide forms, as the other combinators call their children (for summary).
+            p, _, s = _call_child(
+                "bidirectional", where, layers[i], lifted[i].init, keys[i], child_shape
+            )
             params.append(p)
             shapes.append(s)
         ys = [s[0] if return_carry else s for s in shapes]
@@ -1209,7 +1206,16 @@ def bidirectional(
                 carries[i] if initial_carry else None,
                 initial_carry,
             )
-            out, cache = _prefixed(where, layers[i], "forward", params[i], child_input)
+            out, cache, _ = _call_child(
+                "bidirectional",
+                where,
+                layers[i],
+                lifted[i].forward,
+                params[i],
+                child_input,
+                (),
+                ctx,
+            )
             outs.append(out)
             caches.append(cache)
         ys = [o[0] if return_carry else o for o in outs]
@@ -1247,7 +1253,9 @@ def bidirectional(
         dxs, grads = [], []
         for i, where in enumerate(("forward", "backward")):
             child_dy = (dys[i], dcarries[i]) if return_carry else dys[i]
-            dx, g = _prefixed(where, layers[i], "backward", params[i], cache[i], child_dy)
+            dx, g = _call_child(
+                "bidirectional", where, layers[i], layers[i].backward, params[i], cache[i], child_dy
+            )
             dxs.append(dx)
             grads.append(g)
         # x feeds both directions (a fan-out): its cotangents add up.
