@@ -388,8 +388,8 @@ def _grade(ex: Exercise, source, seed: int, run_check: bool) -> Grade:
             lines.extend(f"  problem: {p}" for p in problems)
         if report is not None:
             lines.append(
-                "funcnn.check.check_grads (your backward vs jax.vjp and finite "
-                "differences of your forward):"
+                "funcnn.check: your backward against jax.vjp and finite differences of "
+                "your forward (same params and input, its own random dy):"
             )
             lines.extend("  " + line for line in str(report).splitlines())
         wrong = [leaf for leaf in leaves if not leaf.ok]
@@ -491,8 +491,12 @@ def _grade(ex: Exercise, source, seed: int, run_check: bool) -> Grade:
                 point.params,
                 point.x,
                 key=jax.random.PRNGKey(seed),
+                # The grader's random params (drawn with NumPy, so the diagnosis above and
+                # this check see the same point) stand in for check's own random draw.
+                randomize=lambda key, params, state: (params, state),
                 jit=False,
                 fd_directions=1,
+                autodiff="error",  # the exercise is a hand-written backward
                 raise_on_error=False,
             )
         except Exception as exc:

@@ -6,12 +6,12 @@ Forward (given): the input is (q, k, v), each (N, T, d) (one head, no mask):
     o = p v                  (N, T, d)
 No parameters: params is () and dparams must be ().
 
-Cache: (q, k, v, p): 3 T d + T^2 values per example, the T^2 of p growing with the
-square of the sequence (funcnn's attention can recompute p instead, see
-docs/course/attention.md).
+Cache: (q, k, v, p): 3 T d + T^2 values per example; the T^2 of p grows with the
+square of the sequence length (an attention layer can instead keep one log-sum-exp per
+query row and recompute p inside the backward).
 
 Your task: write backward(params, cache, do) -> ((dq, dk, dv), ()).
-Derivation: docs/course/attention.md.
+Derivation: docs/course/linear-softmax.md (softmax, and the shapes of each product).
 Grade it:   python -m funcnn.exercises grade attention_softmax attention_softmax.py
 """
 

@@ -8,7 +8,7 @@ Cache: x, the input (T * C values per example: 4 * T * C bytes in float32).
 
 Your task: write backward(params, cache, dy) -> (dx, {"w": dw, "b": db}), with dy of
 shape (N, T_out, F). Walk the taps as the forward does.
-Derivation: docs/course/memory.md (a convolution is a sum of shifted dense layers).
+Derivation: docs/course/linear-softmax.md (a convolution is a sum of shifted dense layers).
 Grade it:   python -m funcnn.exercises grade conv1d conv1d.py
 """
 
