@@ -456,3 +456,38 @@ def test_solutions_ship_with_the_package():
     assert grader.reference("lstm_cell").__name__ == "funcnn.exercises.solutions.lstm_cell"
     for name in NAMES:
         assert "# BEGIN SOLUTION" in exercises.solution_source(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "factory", "x"),
+    [
+        ("rnn_cell", "rnn_cell", lambda r: (r.normal(size=(3, 2)), r.normal(size=(3, 4)))),
+        (
+            "lstm_cell",
+            "lstm_cell",
+            lambda r: (r.normal(size=(3, 2)), (r.normal(size=(3, 2)), r.normal(size=(3, 2)))),
+        ),
+    ],
+)
+def test_cell_exercises_are_funcnn_cells(name, factory, x):
+    # The exercise's cell computes what funcnn's cell computes, forward and backward.
+    import jax
+    import numpy as np
+
+    import funcnn as fn
+
+    rng = np.random.default_rng(0)
+    ex = exercises.EXERCISES[name]
+    params = {k: rng.normal(size=s) for k, s in ex.param_shapes(ex.input_shape).items()}
+    xs = x(rng)
+    hidden = params["w_h"].shape[0]
+    cell = getattr(fn, factory)(hidden, dtype=np.float64)
+    ref = exercises.reference(name)
+    y, cache = cell.forward(params, xs)
+    y_ref, cache_ref = ref.forward(params, xs)
+    dy = jax.tree.map(lambda a: rng.normal(size=a.shape), y)
+    for a, b in zip(jax.tree.leaves(y), jax.tree.leaves(y_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    got, want = cell.backward(params, cache, dy), ref.backward(params, cache_ref, dy)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
