@@ -9,7 +9,7 @@
 ((8, 3), (8, 4))
 """
 
-from funcnn import check, initializers, interop, io, losses, optim, train
+from funcnn import check, initializers, interop, io, losses, models, optim, train
 from funcnn.combinators import (
     fan_in_concat,
     fan_in_sum,
@@ -19,6 +19,7 @@ from funcnn.combinators import (
     remat,
     residual,
     sequential,
+    tied,
 )
 from funcnn.core import Ctx, Layer, Static, apply_layer, as_wide, init_layer
 from funcnn.layers import *  # noqa: F403  (the curated list lives in funcnn.layers.__all__)
@@ -45,6 +46,7 @@ __all__ = [
     "interop",
     "io",
     "losses",
+    "models",
     "optim",
     "parallel",
     "predict",
@@ -52,6 +54,7 @@ __all__ = [
     "residual",
     "sequential",
     "summary",
+    "tied",
     "train",
     *_layer_names,
 ]

@@ -17,6 +17,7 @@ pure form when all their children are pure (see :func:`~funcnn.core.make_combina
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -551,7 +552,190 @@ def graph(nodes: Mapping[str, tuple], output: str | Sequence[str]) -> Layer:
     )
 
 
+# --- weight tying ---------------------------------------------------------------------
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class Tied:
+    """The placeholder :func:`tied` puts where a shared parameter is used a second time.
+
+    It is a pytree node without leaves (like :class:`~funcnn.core.Static`), so optimizers,
+    ``funcnn.io`` and ``tree_map`` see the shared array once, at ``source``, and carry the
+    placeholder along unchanged; the gradients hold one in the same place.
+    """
+
+    source: tuple
+
+
+def _path_str(path) -> str:
+    return "params" + "".join(f"[{p!r}]" for p in path)
+
+
+def _check_path(what: str, path) -> tuple:
+    if isinstance(path, (str, int)):
+        path = (path,)
+    if (
+        not isinstance(path, (tuple, list))
+        or not path
+        or any(isinstance(p, bool) or not isinstance(p, (str, int)) for p in path)
+        or any(isinstance(p, int) and p < 0 for p in path)
+    ):
+        raise TypeError(
+            f"tied: a {what} path must be a non-empty tuple of dict keys and non-negative "
+            f"tuple indices, e.g. ('tok', 'table') or (0, 'w'), got {path!r}"
+        )
+    return tuple(path)
+
+
+def _get(tree, path, full_path=None):
+    full_path = path if full_path is None else full_path
+    node = tree
+    for i, p in enumerate(path):
+        ok = (isinstance(node, Mapping) and p in node) or (
+            isinstance(node, (tuple, list)) and isinstance(p, int) and p < len(node)
+        )
+        if not ok:
+            where = _path_str(full_path[:i])
+            kind = (
+                f"keys {sorted(node)}"
+                if isinstance(node, Mapping)
+                else f"{len(node)} entries"
+                if isinstance(node, (tuple, list))
+                else f"a {type(node).__name__}"
+            )
+            raise ValueError(
+                f"tied: {_path_str(full_path)} does not exist: {where} has {kind}, no {p!r}"
+            )
+        node = node[p]
+    return node
+
+
+def _set(tree, path, value):
+    """``tree`` with the subtree at ``path`` replaced (dicts and tuples are copied, never
+    mutated)."""
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    if isinstance(tree, Mapping):
+        return {**tree, head: _set(tree[head], rest, value)}
+    items = list(tree)
+    items[head] = _set(items[head], rest, value)
+    return type(tree)(items) if not hasattr(tree, "_fields") else type(tree)(*items)
+
+
+def _leaf_specs(tree):
+    return jax.tree_util.tree_structure(tree), [
+        (tuple(jnp.shape(a)), jnp.result_type(a)) for a in jax.tree_util.tree_leaves(tree)
+    ]
+
+
+def tied(layer: Layer, *ties) -> Layer:
+    """Share one parameter between several places of ``layer``: weight tying.
+
+    Args:
+      layer: any layer or combinator.
+      *ties: ``(source, target)`` pairs of paths into ``layer``'s params, each a tuple of
+        dict keys and tuple indices (``("tok", "table")``, ``(0, "w")``). The parameter at
+        ``source`` is also used at ``target``. A path may name a single array or a whole
+        subtree (e.g. the params of a layer), and one source may have several targets.
+
+    ``init`` runs ``layer.init`` and keeps the source's initial value: each target's entry
+    becomes the placeholder ``Tied(source)``, a pytree node without leaves. The params
+    are ``layer``'s (no extra nesting) with those placeholders, so an optimizer updates
+    the shared array once and ``funcnn.io`` saves it once. The source and each target
+    must have the same structure, shapes and dtypes.
+
+    Forward: the source's value is put at every target and ``layer`` runs unchanged.
+
+    Backward: the fan-out rule applied to a parameter. One array feeds several places, so
+    its gradient is the **sum** of the gradients of its uses::
+
+        dparams[source] = dsource + sum over targets of dtarget
+        dparams[target] = Tied(source)
+
+    Cache: ``layer``'s. The state (if ``layer`` is wide) is ``layer``'s too.
+
+    >>> import jax, jax.numpy as jnp, funcnn as fn
+    >>> net = fn.sequential(fn.dense(3, b_init=fn.initializers.ones()), fn.dense(3))
+    >>> model = fn.tied(net, ((0,), (1,)))  # both dense layers share w and b
+    >>> params, _ = model.init(jax.random.PRNGKey(0), (2, 3))
+    >>> params[1]
+    Tied(source=(0,))
+    >>> y, cache = model.forward(params, jnp.ones((2, 3)))
+    >>> dx, grads = model.backward(params, cache, jnp.ones_like(y))
+    >>> grads[1], grads[0]["b"].shape
+    (Tied(source=(0,)), (3,))
+    """
+    name = "tied"
+    if not isinstance(layer, Layer):
+        raise TypeError(f"{name}: the first argument must be a Layer, got {type(layer).__name__}")
+    if not ties:
+        raise ValueError(f"{name}: give at least one (source, target) pair of param paths")
+    pairs = []
+    for tie in ties:
+        if not isinstance(tie, (tuple, list)) or len(tie) != 2:
+            raise TypeError(
+                f"{name}: each tie must be a (source, target) pair of paths, got {tie!r}"
+            )
+        pairs.append((_check_path("source", tie[0]), _check_path("target", tie[1])))
+    sources = {s for s, _ in pairs}
+    targets = [t for _, t in pairs]
+    for s, t in pairs:
+        if s[: len(t)] == t or t[: len(s)] == s:
+            raise ValueError(
+                f"{name}: {_path_str(s)} and {_path_str(t)} overlap (one contains the other); "
+                f"a parameter cannot be tied to a part of itself"
+            )
+    for i, t in enumerate(targets):
+        for other in [*targets[:i], *sources]:
+            if other[: len(t)] == t or t[: len(other)] == other:
+                raise ValueError(
+                    f"{name}: target {_path_str(t)} overlaps {_path_str(other)}, another "
+                    f"source or target; tie every use to one source"
+                )
+    lifted = as_wide(layer)
+
+    def fill(params):
+        """The child's full params: each placeholder replaced by its source's value."""
+        for s, t in pairs:
+            found = _get(params, t)
+            if not (isinstance(found, Tied) and found.source == s):
+                raise TypeError(
+                    f"{name}: {_path_str(t)} must hold the placeholder Tied({s!r}) made by "
+                    f"this layer's init, got {found!r}"
+                )
+            params = _set(params, t, _get(params, s))
+        return params
+
+    def init(key, input_shape):
+        params, state, out_shape = lifted.init(key, input_shape)
+        for s, t in pairs:
+            spec_s, spec_t = _leaf_specs(_get(params, s)), _leaf_specs(_get(params, t))
+            if spec_s != spec_t:
+                raise ValueError(
+                    f"{name}: {_path_str(s)} and {_path_str(t)} must have the same structure, "
+                    f"shapes and dtypes to be tied, got {spec_s[1]} and {spec_t[1]}"
+                )
+        for s, t in pairs:
+            params = _set(params, t, Tied(s))
+        return params, state, out_shape
+
+    def forward(params, x, state, ctx):
+        return lifted.forward(fill(params), x, state, ctx)
+
+    def backward(params, cache, dy):
+        dx, grads = layer.backward(fill(params), cache, dy)
+        for s, t in pairs:
+            total = jax.tree_util.tree_map(jnp.add, _get(grads, s), _get(grads, t))
+            grads = _set(_set(grads, s, total), t, Tied(s))
+        return dx, grads
+
+    return make_combinator(name, (layer,), init, forward, backward, empty_state=())
+
+
 __all__ = [
+    "Tied",
     "fan_in_concat",
     "fan_in_sum",
     "fan_out",
@@ -560,4 +744,5 @@ __all__ = [
     "remat",
     "residual",
     "sequential",
+    "tied",
 ]

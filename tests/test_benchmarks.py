@@ -8,7 +8,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import attention
 import conv_kernel_grad
+import gpt
 import pooling
 
 
@@ -32,3 +34,18 @@ def test_remat_benchmark_variants_agree_and_cache_less():
 
     results = remat.measure(4, 3, 8, repeats=3)  # asserts that the gradients agree
     assert results["remat whole model"][0] < results["remat per block"][0] < results["plain"][0]
+
+
+def test_gpt_benchmark_losses_agree_and_cache_is_smaller():
+    # measure() asserts that the funcnn and plain-JAX losses agree before timing.
+    r = gpt.measure(layers=1, heads=2, features=16, seq=8, batch=2, vocab=11,
+                    memory="recompute", repeats=3)  # fmt: skip
+    assert set(r["times"]) == {"funcnn", "jax"}
+    assert 0 < r["cache"] < r["residual_all"]
+
+
+def test_attention_benchmark_gradients_agree():
+    # measure() asserts that both memory modes give jax.grad's gradients before timing.
+    times, cache = attention.measure(1, 8, 8, 2, causal=True, repeats=3, block_size=4)
+    assert set(times) == {"saved", "recompute", "jax"}
+    assert cache["recompute"] < cache["saved"]

@@ -16,6 +16,7 @@ COMBINATORS = [
     "remat",
     "residual",
     "graph",
+    "tied",
 ]
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 

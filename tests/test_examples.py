@@ -52,3 +52,19 @@ def test_seeds_both_ways_example(tmp_path):
     assert len(gaps) == 4 and max(gaps) < 1e-12  # the same losses and weights, both networks
     final = float(out.strip().splitlines()[-1].rsplit("=", 1)[1])
     assert final < 1e-12
+
+
+def test_char_gpt_example_trains_samples_and_plots(tmp_path):
+    plot = tmp_path / "gpt.png"
+    out = _run(
+        "char_gpt.py",
+        *("--steps", "30", "--layers", "1", "--features", "32", "--heads", "2", "--seq", "16"),
+        *("--batch", "16", "--lr", "1e-2", "--eval-every", "15", "--sample-length", "40"),
+        *("--plot", str(plot)),
+        cwd=tmp_path,
+    )
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("validation bits per character: ")
+    bits = float(last.removeprefix("validation bits per character: "))
+    assert bits < 5.5  # an untrained model scores log2(96) = 6.6; the unigram baseline 4.9
+    assert "--- sample" in out and plot.stat().st_size > 10_000

@@ -14,10 +14,15 @@ from funcnn.layers.activations import (
     softplus,
     tanh,
 )
+from funcnn.layers.attention import (
+    multi_head_attention,
+    positional_embedding,
+    scaled_dot_product_attention,
+)
 from funcnn.layers.conv import conv1d, conv2d, conv_transpose2d
 from funcnn.layers.dense import bias, dense, linear
 from funcnn.layers.dropout import dropout
-from funcnn.layers.embedding import embedding
+from funcnn.layers.embedding import embedding, unembedding
 from funcnn.layers.normalization import batchnorm, layernorm
 from funcnn.layers.pooling import avg_pool2d, global_avg_pool, max_pool2d
 from funcnn.layers.recurrent import (
@@ -56,14 +61,18 @@ __all__ = [
     "lstm",
     "lstm_cell",
     "max_pool2d",
+    "multi_head_attention",
+    "positional_embedding",
     "relu",
     "reshape",
     "rnn",
     "rnn_cell",
+    "scaled_dot_product_attention",
     "selu",
     "sigmoid",
     "silu",
     "softmax",
     "softplus",
     "tanh",
+    "unembedding",
 ]

@@ -10,7 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.core import Layer, check_array, check_input_shape, check_params, check_positive_int
+from funcnn.core import (
+    Layer,
+    check_array,
+    check_float,
+    check_input_shape,
+    check_params,
+    check_positive_int,
+    fold_leading_axes,
+)
 from funcnn.initializers import Initializer, normal
 
 
@@ -114,4 +122,70 @@ def _check_ids(ids, vocab: int):
         )
 
 
-__all__ = ["embedding"]
+def unembedding(vocab: int, *, table_init: Initializer = normal(0.02), dtype=jnp.float32) -> Layer:
+    """Scores of every id for a vector: ``logits = x table^T``, the transpose of an embedding.
+
+    The output layer of a language model. Its table has :func:`embedding`'s layout,
+    ``(vocab, features)``, so ``funcnn.tied`` can share one table between the two
+    (weight tying); it also works on its own, as a bias-free linear layer stored
+    transposed.
+
+    Args:
+      vocab: the number of ids scored.
+      table_init: initializer of the table (default normal with std 0.02).
+      dtype: parameter dtype.
+
+    Shapes: ``x (..., features) -> logits (..., vocab)``; params
+    ``{"table": (vocab, features)}``.
+
+    Backward (leading axes folded into rows)::
+
+        dx     = dlogits table            (..., features)
+        dtable = dlogits^T x              (vocab, features), summed over the rows
+
+    Cache: ``x``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from funcnn.layers.embedding import unembedding
+    >>> layer = unembedding(vocab=5)
+    >>> params, out_shape = layer.init(jax.random.PRNGKey(0), (2, 3, 4))
+    >>> out_shape, params["table"].shape
+    ((2, 3, 5), (5, 4))
+    """
+    name = "unembedding"
+    check_positive_int(name, "vocab", vocab)
+
+    def init(key, input_shape):
+        input_shape = check_input_shape(name, input_shape, min_ndim=1)
+        table = table_init(key, (vocab, input_shape[-1]), dtype)
+        return {"table": table}, (*input_shape[:-1], vocab)
+
+    def forward(params, x):
+        shape = check_array(name, "x", x, min_ndim=1)
+        check_float(name, "x", x)
+        table = params.get("table") if isinstance(params, dict) else None
+        if not hasattr(table, "shape") or table.ndim != 2:
+            raise TypeError(f"{name}: params must be {{'table': (vocab, features)}} made by init")
+        if table.shape[1] != shape[-1]:
+            raise ValueError(
+                f"{name}: the table was made for features={table.shape[1]}, got input of "
+                f"shape {shape}"
+            )
+        check_params(name, params, {"table": (vocab, shape[-1])})
+        return x @ table.T, x
+
+    def backward(params, x, dy):
+        expected = (*x.shape[:-1], vocab)
+        check_array(name, "dy", dy)
+        if tuple(dy.shape) != expected:
+            raise ValueError(
+                f"{name}: dy must have the output's shape {expected}, got {tuple(dy.shape)}"
+            )
+        check_float(name, "dy", dy)
+        dtable = fold_leading_axes(dy).T @ fold_leading_axes(x)
+        return dy @ params["table"], {"table": dtable.astype(params["table"].dtype)}
+
+    return Layer(init, forward, backward, name=name)
+
+
+__all__ = ["embedding", "unembedding"]

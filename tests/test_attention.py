@@ -1,0 +1,414 @@
+"""Attention: numbers against plain formulas and PyTorch, the two memory modes, empty rows,
+cache sizes, weight tying against jax.grad, and error messages.
+
+The generic float64 parity with jax.vjp and finite differences runs on the cases in
+tests/registry/attention.py; these tests check what those cannot: that the forward is
+the function we mean, that both memory modes agree, and how much each one caches.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcnn as fn
+from funcnn.combinators import Tied
+from funcnn.layers.attention import (
+    multi_head_attention,
+    positional_embedding,
+    scaled_dot_product_attention,
+)
+from funcnn.layers.embedding import embedding, unembedding
+
+
+def _normal(seed, shape):
+    return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float64)
+
+
+def _random(params, seed=0):
+    """Random float64 params (biases included), a different draw for every leaf."""
+    params, _ = fn.check.random_params(jax.random.PRNGKey(seed), params)
+    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+
+
+def _plain_attention(q, k, v, allowed):
+    """softmax(q k^T / sqrt(d) + M) v with jax.nn.softmax, rows with nothing allowed at 0."""
+    s = jnp.einsum("nhqd,nhkd->nhqk", q, k) / np.sqrt(q.shape[-1])
+    p = jax.nn.softmax(jnp.where(allowed, s, -jnp.inf), axis=-1)
+    p = jnp.where(allowed.any(-1, keepdims=True), p, 0.0)
+    return jnp.einsum("nhqk,nhkd->nhqd", p, v)
+
+
+def _allowed(n, tq, tk, causal, mask):
+    allowed = np.ones((n, 1, tq, tk), bool)
+    if causal:
+        allowed &= np.tril(np.ones((tq, tk), bool))[None, None]
+    if mask is not None:
+        allowed &= np.asarray(mask)[:, None, None, :]
+    return jnp.asarray(allowed)
+
+
+MASK = jnp.array([[True, False, True, True, False, True, True], [False] * 7])
+
+
+@pytest.mark.parametrize(
+    ("causal", "masked", "tq"),
+    [(True, True, 7), (False, True, 4), (True, False, 9)],
+    ids=["causal_mask", "cross_mask", "causal_cross_longer_queries"],
+)
+def test_sdpa_forward_is_softmax_attention_in_both_modes(causal, masked, tq):
+    q, k, v = _normal(0, (2, 3, tq, 4)), _normal(1, (2, 3, 7, 4)), _normal(2, (2, 3, 7, 5))
+    x = (q, k, v, MASK) if masked else (q, k, v)
+    expected = _plain_attention(q, k, v, _allowed(2, tq, 7, causal, MASK if masked else None))
+    for memory, block in [("saved", 128), ("recompute", 3)]:
+        layer = scaled_dot_product_attention(causal, memory=memory, block_size=block)
+        o, _ = layer.forward((), x)
+        np.testing.assert_allclose(o, expected, rtol=1e-12, atol=1e-13, err_msg=memory)
+
+
+def _grads(layer, params, x, dy):
+    y, cache = layer.forward(params, x)
+    return y, layer.backward(params, cache, dy)
+
+
+@pytest.mark.parametrize(
+    "form", ["self", "self_mask", "cross", "cross_mask"], ids=lambda f: f"input_{f}"
+)
+def test_saved_and_recompute_give_the_same_numbers(form):
+    """Both modes agree to 1e-10 in float64 (output, dx, every param gradient), with
+    block sizes that do not divide the lengths."""
+    x_q, x_kv = _normal(0, (2, 7, 4)), _normal(1, (2, 5, 6))
+    mask_kv = jnp.array([[True, False, True, True, True], [False] * 5])
+    mask_self = jnp.array([[False, True, True, False, True, True, True], [True] * 7])
+    x = {
+        "self": x_q,
+        "self_mask": (x_q, mask_self),
+        "cross": (x_q, x_kv),
+        "cross_mask": (x_q, x_kv, mask_kv),
+    }[form]
+    causal = form != "cross"
+    saved = multi_head_attention(2, causal=causal)
+    params, out_shape = saved.init(jax.random.PRNGKey(0), jax.tree_util.tree_map(jnp.shape, x))
+    params = _random(params)
+    dy = _normal(3, out_shape)
+    reference = _grads(saved, params, x, dy)
+    for block in (3, 128):
+        recompute = multi_head_attention(2, causal=causal, memory="recompute", block_size=block)
+        got = _grads(recompute, params, x, dy)
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(reference)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(reference), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("memory", ["saved", "recompute"])
+def test_rows_with_nothing_to_attend_give_zeros_not_nan(memory):
+    # Batch element 1 masks every key; in element 0 key 0 is masked, so with the causal
+    # rule its query 0 has nothing left to attend to.
+    layer = multi_head_attention(2, causal=True, memory=memory, block_size=2)
+    mask = jnp.array([[False, True, True, True, True], [False] * 5])
+    x = _normal(0, (2, 5, 4))
+    params, _ = layer.init(jax.random.PRNGKey(0), ((2, 5, 4), (2, 5)))
+    params = _random(params, 1)
+    y, cache = layer.forward(params, (x, mask))
+    dy = _normal(2, y.shape)
+    (dx, dmask), grads = layer.backward(params, cache, dy)
+    assert dmask is None
+    for leaf in jax.tree_util.tree_leaves((y, dx, grads)):
+        assert bool(jnp.all(jnp.isfinite(leaf)))
+    # The empty rows' output is the output bias alone.
+    np.testing.assert_array_equal(y[1], jnp.broadcast_to(params["bo"], (5, 4)))
+    np.testing.assert_array_equal(y[0, 0], params["bo"])
+    # Element 1 feeds nothing through attention: its dx is zero (queries, keys, values).
+    np.testing.assert_array_equal(dx[1], 0.0)
+
+    # The core alone: the empty rows' queries and the masked keys get zero gradients.
+    core = scaled_dot_product_attention(True, memory=memory, block_size=2)
+    q, k, v = _normal(3, (2, 2, 5, 3)), _normal(4, (2, 2, 5, 3)), _normal(5, (2, 2, 5, 3))
+    o, cache = core.forward((), (q, k, v, mask))
+    (dq, dk, dv, dm), _ = core.backward((), cache, _normal(6, o.shape))
+    assert dm is None
+    np.testing.assert_array_equal(o[1], 0.0)
+    np.testing.assert_array_equal(o[0, :, 0], 0.0)
+    for g in (dq[1], dq[0, :, 0], dk[1], dv[1], dk[0, :, 0], dv[0, :, 0]):
+        np.testing.assert_array_equal(g, 0.0)
+    assert float(jnp.max(jnp.abs(dk[0, :, 1:]))) > 0  # the allowed keys do get gradients
+
+
+def _cache_bytes(layer, shape):
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    params, _ = jax.eval_shape(lambda: layer.init(jax.random.PRNGKey(0), shape))
+    cache = jax.eval_shape(layer.forward, params, x)[1]
+    return sum(a.size * a.dtype.itemsize for a in jax.tree_util.tree_leaves(cache))
+
+
+def test_cache_is_linear_in_t_for_recompute_and_quadratic_for_saved():
+    n, heads, d = 2, 4, 8
+    lengths = (16, 32, 64)
+    saved = [_cache_bytes(multi_head_attention(heads), (n, t, d)) for t in lengths]
+    recompute = [
+        _cache_bytes(multi_head_attention(heads, memory="recompute"), (n, t, d)) for t in lengths
+    ]
+    # recompute: x, q, k, v, o (d values per position each) and one log-sum-exp per head.
+    for t, b in zip(lengths, recompute, strict=True):
+        assert b == 4 * n * t * (5 * d + heads)
+    # saved: x, q, k, v, o and the probabilities, heads * t * t per batch element.
+    for t, b in zip(lengths, saved, strict=True):
+        assert b == 4 * n * t * 5 * d + 4 * n * heads * t * t
+    assert recompute[2] == 4 * recompute[0]  # linear: 4x the length, 4x the bytes
+    assert saved[2] - 5 * 4 * n * 64 * d == 16 * (saved[0] - 5 * 4 * n * 16 * d)  # quadratic
+    # The core alone: q, k, v, o and the log-sum-exp, against q, k, v and P.
+    core_shapes = [(n, heads, 64, d)] * 3
+    sdpa_saved = jax.eval_shape(
+        scaled_dot_product_attention().forward,
+        (),
+        tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in core_shapes),
+    )[1]
+    assert sdpa_saved["p"].shape == (n, heads, 64, 64)
+
+
+def test_matches_torch_multihead_attention():
+    torch = pytest.importorskip("torch")
+    n, t, d, heads = 2, 5, 6, 3
+    layer = multi_head_attention(heads, causal=True)
+    params, _ = layer.init(jax.random.PRNGKey(0), ((n, t, d), (n, t)))
+    params = _random(params, 7)
+    x = _normal(8, (n, t, d))
+    mask = jnp.array([[True, True, False, True, True], [True, False, True, True, False]])
+    y, cache = layer.forward(params, (x, mask))
+    dy = _normal(9, y.shape)
+    (dx, _), grads = layer.backward(params, cache, dy)
+
+    mha = torch.nn.MultiheadAttention(d, heads, batch_first=True, dtype=torch.float64)
+    as_torch = lambda a: torch.from_numpy(np.asarray(a).copy())  # noqa: E731
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(
+            as_torch(jnp.concatenate([params[w].T for w in ("wq", "wk", "wv")]))
+        )
+        mha.in_proj_bias.copy_(as_torch(jnp.concatenate([params[b] for b in ("bq", "bk", "bv")])))
+        mha.out_proj.weight.copy_(as_torch(params["wo"].T))
+        mha.out_proj.bias.copy_(as_torch(params["bo"]))
+    xt = as_torch(x).requires_grad_(True)
+    causal = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)  # True = forbidden
+    yt, _ = mha(xt, xt, xt, key_padding_mask=~as_torch(mask), attn_mask=causal, need_weights=False)
+    yt.backward(as_torch(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    w_grad = mha.in_proj_weight.grad.numpy()
+    np.testing.assert_allclose(grads["wq"], w_grad[:d].T, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads["wv"], w_grad[2 * d :].T, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(grads["wo"], mha.out_proj.weight.grad.numpy().T, rtol=1e-10)
+
+
+def test_init_shapes_and_defaults():
+    layer = multi_head_attention(4)
+    params, out = layer.init(jax.random.PRNGKey(0), (2, 3, 8))
+    assert out == (2, 3, 8)
+    assert {k: v.shape for k, v in params.items()} == {
+        "wq": (8, 8), "bq": (8,), "wk": (8, 8), "bk": (8,),
+        "wv": (8, 8), "bv": (8,), "wo": (8, 8), "bo": (8,),
+    }  # fmt: skip
+    layer = multi_head_attention(2, head_dim=3, out_features=5, use_bias=False)
+    params, out = layer.init(jax.random.PRNGKey(0), ((2, 3, 8), (2, 4, 7)))
+    assert out == (2, 3, 5)
+    assert {k: v.shape for k, v in params.items()} == {
+        "wq": (8, 6),
+        "wk": (7, 6),
+        "wv": (7, 6),
+        "wo": (6, 5),
+    }
+    params, out = positional_embedding(10).init(jax.random.PRNGKey(0), (2, 3, 8))
+    assert params["table"].shape == (10, 8) and out == (2, 3, 8)
+
+
+def test_positional_embedding_adds_rows_by_position():
+    layer = positional_embedding(5)
+    params, _ = layer.init(jax.random.PRNGKey(0), (2, 3, 4))
+    x = _normal(0, (2, 3, 4))
+    y, cache = layer.forward(params, x)
+    np.testing.assert_array_equal(y, x + params["table"][None, :3])
+    dy = _normal(1, (2, 3, 4))
+    dx, grads = layer.backward(params, cache, dy)
+    np.testing.assert_array_equal(dx, dy)
+    np.testing.assert_allclose(grads["table"][:3], dy.sum(0))
+    np.testing.assert_array_equal(grads["table"][3:], 0.0)
+
+
+# --- weight tying ---------------------------------------------------------------------
+
+
+def test_tied_gradient_is_the_sum_of_both_uses_as_jax_grad():
+    model = fn.tied(fn.sequential(fn.dense(4), fn.tanh(), fn.dense(4)), ((0,), (2,)))
+    params, _ = model.init(jax.random.PRNGKey(0), (3, 4))
+    assert params[2] == Tied((0,)) and set(params[0]) == {"w", "b"}
+    params = _random(params)  # float64, and a bias that is not zero
+    x, dy = _normal(1, (3, 4)), _normal(2, (3, 4))
+
+    def plain(p, x):  # one dense layer's params used twice
+        return jnp.tanh(x @ p["w"] + p["b"][None]) @ p["w"] + p["b"][None]
+
+    y, cache = model.forward(params, x)
+    dx, grads = model.backward(params, cache, dy)
+    y_ref, vjp = jax.vjp(plain, params[0], x)
+    g_ref, dx_ref = vjp(dy)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-13)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12)
+    assert grads[2] == Tied((0,)) and grads[1] == ()
+    for name in ("w", "b"):
+        np.testing.assert_allclose(grads[0][name], g_ref[name], rtol=1e-12)
+
+
+def test_tied_embedding_and_head_train_and_round_trip(tmp_path):
+    model = fn.tied(fn.sequential(embedding(5, 3), unembedding(5)), ((0, "table"), (1, "table")))
+    loss = fn.losses.softmax_cross_entropy()
+    opt = fn.optim.adamw(0.1)
+    ts = fn.train.init_train_state(model, opt, jax.random.PRNGKey(0), (4, 2))
+    ids = jnp.array([[0, 1], [2, 3], [4, 0], [1, 2]])
+
+    def plain_loss(table):
+        logits = table[ids] @ table.T
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), ids[..., None], -1))
+
+    value, grads = fn.train.value_and_grad(model, loss)(ts.params, ids, ids)
+    ref_value, ref_grad = jax.value_and_grad(plain_loss)(ts.params[0]["table"])
+    np.testing.assert_allclose(value, ref_value, rtol=1e-6)
+    np.testing.assert_allclose(grads[0]["table"], ref_grad, rtol=1e-5, atol=1e-7)
+    step = fn.train.train_step(model, loss, opt, jit=False)
+    ts, first = step(ts, ids, ids)
+    for _ in range(20):
+        ts, last = step(ts, ids, ids)
+    assert float(last) < float(first)
+    assert ts.params[1] == {"table": Tied((0, "table"))}  # the optimizer kept the placeholder
+    fn.io.save(tmp_path / "tied.npz", ts)
+    back = fn.io.load(tmp_path / "tied.npz", like=ts)
+    np.testing.assert_array_equal(back.params[0]["table"], ts.params[0]["table"])
+    assert back.params[1] == {"table": Tied((0, "table"))}
+
+
+def test_tied_inside_a_wide_model():
+    model = fn.tied(fn.sequential(fn.dense(3), fn.dropout(0.5), fn.dense(3)), ((0, "w"), (2, "w")))
+    assert model.wide
+    params, state, _ = fn.init_layer(model, jax.random.PRNGKey(0), (4, 3))
+    assert state == ((), (), ()) and params[2]["w"] == Tied((0, "w"))
+    fn.check.check_grads(model, params, _normal(0, (4, 3)), state=state, fd_directions=1)
+
+
+def test_tied_errors():
+    net = fn.sequential(fn.dense(3), fn.dense(4))
+    with pytest.raises(ValueError, match=r"tied: params\[1\]\['x'\] does not exist: .*keys"):
+        fn.tied(net, ((0, "w"), (1, "x"))).init(jax.random.PRNGKey(0), (2, 3))
+    with pytest.raises(ValueError, match=r"tied: params\[5\] does not exist"):
+        fn.tied(net, ((0,), (5,))).init(jax.random.PRNGKey(0), (2, 3))
+    with pytest.raises(ValueError, match=r"same structure, shapes and dtypes.*\(3, 3\).*\(3, 4\)"):
+        fn.tied(net, ((0, "w"), (1, "w"))).init(jax.random.PRNGKey(0), (2, 3))
+    with pytest.raises(ValueError, match="overlap"):
+        fn.tied(net, ((0,), (0, "w")))
+    with pytest.raises(ValueError, match="overlaps"):
+        fn.tied(net, ((0, "w"), (1, "w")), ((1, "w"), (0, "b")))
+    with pytest.raises(TypeError, match="tuple of dict keys and non-negative tuple indices"):
+        fn.tied(net, ((0, 1.5), (1,)))
+    with pytest.raises(TypeError, match="non-negative"):
+        fn.tied(net, ((0,), (-1,)))
+    with pytest.raises(ValueError, match="at least one"):
+        fn.tied(net)
+    with pytest.raises(TypeError, match=r"must be a Layer"):
+        fn.tied("dense", ((0,), (1,)))
+    model = fn.tied(fn.sequential(fn.dense(3), fn.dense(3)), ((0,), (1,)))
+    params, _ = model.init(jax.random.PRNGKey(0), (2, 3))
+    with pytest.raises(TypeError, match=r"tied: params\[1\] must hold the placeholder Tied"):
+        model.forward((params[0], params[0]), jnp.ones((2, 3)))
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_factory_errors():
+    with pytest.raises(ValueError, match="multi_head_attention: num_heads must be a positive"):
+        multi_head_attention(0)
+    with pytest.raises(ValueError, match="memory must be 'saved' or 'recompute', got 'flash'"):
+        multi_head_attention(2, memory="flash")
+    with pytest.raises(TypeError, match="multi_head_attention: causal must be a bool"):
+        multi_head_attention(2, causal="yes")
+    with pytest.raises(ValueError, match="block_size must be a positive int"):
+        scaled_dot_product_attention(memory="recompute", block_size=0)
+    with pytest.raises(ValueError, match="positional_embedding: max_len must be a positive"):
+        positional_embedding(0)
+    with pytest.raises(ValueError, match="unembedding: vocab must be a positive"):
+        unembedding(0)
+
+
+def test_init_errors():
+    with pytest.raises(ValueError, match=r"D=6 is not divisible by num_heads=4; pass head_dim"):
+        multi_head_attention(4).init(jax.random.PRNGKey(0), (2, 3, 6))
+    with pytest.raises(ValueError, match=r"x_q must have 3 axes \(N, T, D\), got shape \(2, 6\)"):
+        multi_head_attention(2).init(jax.random.PRNGKey(0), (2, 6))
+    with pytest.raises(ValueError, match=r"kv_mask must have shape \(N, T_kv\) = \(2, 4\), got"):
+        multi_head_attention(2).init(jax.random.PRNGKey(0), ((2, 3, 4), (2, 4, 4), (2, 3)))
+    with pytest.raises(ValueError, match="same batch size"):
+        multi_head_attention(2).init(jax.random.PRNGKey(0), ((2, 3, 4), (3, 4, 4)))
+    with pytest.raises(
+        ValueError, match=r"positional_embedding: the sequence length T=9 exceeds max_len=8"
+    ):
+        positional_embedding(8).init(jax.random.PRNGKey(0), (2, 9, 4))
+    with pytest.raises(ValueError, match=r"q \(N, H, Tq, dh\), k .* must agree"):
+        scaled_dot_product_attention().init(
+            jax.random.PRNGKey(0), ((2, 3, 4, 5), (2, 3, 4, 6), (2, 3, 4, 5))
+        )
+
+
+def test_forward_errors():
+    layer = multi_head_attention(2)
+    params, _ = layer.init(jax.random.PRNGKey(0), ((2, 3, 4), (2, 5, 6)))
+    x_q, x_kv = jnp.ones((2, 3, 4)), jnp.ones((2, 5, 6))
+    with pytest.raises(ValueError, match=r"made for D=4, D_kv=6, got x_q of shape \(2, 3, 5\)"):
+        layer.forward(params, (jnp.ones((2, 3, 5)), x_kv))
+    with pytest.raises(TypeError, match=r"kv_mask must be a boolean array .* got dtype int32"):
+        layer.forward(params, (x_q, x_kv, jnp.ones((2, 5), jnp.int32)))
+    with pytest.raises(ValueError, match=r"kv_mask must have shape \(N, T_kv\) = \(2, 5\), got"):
+        layer.forward(params, (x_q, x_kv, jnp.ones((2, 3), bool)))
+    with pytest.raises(TypeError, match="x_q must be a floating-point array"):
+        layer.forward(params, (jnp.ones((2, 3, 4), jnp.int32), x_kv))
+    self_layer = multi_head_attention(2)
+    self_params, _ = self_layer.init(jax.random.PRNGKey(0), (2, 3, 4))
+    with pytest.raises(ValueError, match=r"made for D=4, got x of shape \(2, 3, 8\)"):
+        self_layer.forward(self_params, jnp.ones((2, 3, 8)))
+    with pytest.raises(ValueError, match="expects x"):
+        self_layer.forward(self_params, (x_q, x_kv, jnp.ones((2, 5), bool), x_q))
+    pos = positional_embedding(4)
+    pos_params, _ = pos.init(jax.random.PRNGKey(0), (2, 3, 4))
+    with pytest.raises(ValueError, match="T=5 exceeds max_len=4"):
+        pos.forward(pos_params, jnp.ones((2, 5, 4)))
+    with pytest.raises(ValueError, match=r"the table was made for D=4, got input of shape"):
+        pos.forward(pos_params, jnp.ones((2, 3, 5)))
+    core = scaled_dot_product_attention()
+    with pytest.raises(ValueError, match=r"expects a tuple \(q, k, v\)"):
+        core.forward((), jnp.ones((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="q must have 4 axes"):
+        core.forward((), (jnp.ones((3, 4, 5)),) * 3)
+
+
+def test_backward_errors():
+    layer = multi_head_attention(2, memory="recompute")
+    params, _ = layer.init(jax.random.PRNGKey(0), (2, 3, 4))
+    _, cache = layer.forward(params, jnp.ones((2, 3, 4)))
+    with pytest.raises(
+        ValueError, match=r"multi_head_attention: dy must have the output's shape \(2, 3, 4\)"
+    ):
+        layer.backward(params, cache, jnp.ones((1, 3, 4)))  # would broadcast silently
+    with pytest.raises(TypeError, match="dy must be a floating-point array"):
+        layer.backward(params, cache, jnp.ones((2, 3, 4), jnp.int32))
+    core = scaled_dot_product_attention()
+    _, core_cache = core.forward((), (jnp.ones((1, 2, 3, 4)),) * 3)
+    with pytest.raises(ValueError, match=r"scaled_dot_product_attention: dy must have the"):
+        core.backward((), core_cache, jnp.ones((1, 2, 3, 5)))
+    pos = positional_embedding(4)
+    pos_params, _ = pos.init(jax.random.PRNGKey(0), (2, 3, 4))
+    _, pos_cache = pos.forward(pos_params, jnp.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match=r"positional_embedding: dy must have the output's"):
+        pos.backward(pos_params, pos_cache, jnp.ones((2, 4, 4)))
+    head = unembedding(5)
+    head_params, _ = head.init(jax.random.PRNGKey(0), (2, 4))
+    _, head_cache = head.forward(head_params, jnp.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"unembedding: dy must have the output's shape \(2, 5\)"):
+        head.backward(head_params, head_cache, jnp.ones((2, 4)))
