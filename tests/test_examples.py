@@ -68,3 +68,19 @@ def test_char_gpt_example_trains_samples_and_plots(tmp_path):
     bits = float(last.removeprefix("validation bits per character: "))
     assert bits < 5.5  # an untrained model scores log2(96) = 6.6; the unigram baseline 4.9
     assert "--- sample" in out and plot.stat().st_size > 10_000
+
+
+def test_char_lstm_example_beats_the_unigram_baseline(tmp_path):
+    plot = tmp_path / "curves.png"
+    tiny = ["--steps", "60", "--hidden", "32", "--embed", "16", "--batch", "8", "--seq", "32"]
+    out = _run(
+        "char_lstm.py", *tiny, "--lr", "1e-2", "--evals", "2", "--sample", "40",
+        "--plot", str(plot), cwd=tmp_path,
+    )  # fmt: skip
+    lines = out.strip().splitlines()
+    bpc = float(lines[-1].removeprefix("validation bits per character: "))
+    unigram = float(next(x for x in lines if x.startswith("unigram baseline: ")).split()[2])
+    assert 2.0 < bpc < unigram  # 60 tiny truncated-BPTT steps already beat the unigram model
+    sampled = lines[lines.index("sampled text (prompt 'Return the'):") + 1]
+    assert sampled.startswith("Return the")
+    assert plot.stat().st_size > 10_000
