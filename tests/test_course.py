@@ -23,7 +23,7 @@ def blocks(page: pathlib.Path) -> list[str]:
 def test_the_course_has_its_pages():
     names = {page.stem for page in PAGES}
     assert {"chain-rule", "linear-softmax", "stateful-to-pure", "memory"} <= names
-    assert {"normalization", "bptt", "exercises"} <= names
+    assert {"normalization", "bptt", "attention", "exercises"} <= names
     for page in PAGES:  # each page ends in runnable code
         assert blocks(page), f"{page.name} has no python block"
 
@@ -55,3 +55,10 @@ def test_course_pages_are_in_the_nav():
     nav = (COURSE.parents[1] / "mkdocs.yml").read_text()
     for page in PAGES:
         assert f"course/{page.name}" in nav, page.name
+
+
+def test_no_math_in_course_headings():
+    # The table of contents shows a heading's text, where a formula stays raw TeX.
+    for page in PAGES:
+        for line in page.read_text().splitlines():
+            assert not (line.startswith("#") and "$" in line), (page.name, line)

@@ -491,3 +491,22 @@ def test_cell_exercises_are_funcnn_cells(name, factory, x):
     got, want = cell.backward(params, cache, dy), ref.backward(params, cache_ref, dy)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_attention_exercise_is_funcnn_attention():
+    import jax
+    import numpy as np
+
+    import funcnn as fn
+
+    rng = np.random.default_rng(0)
+    q, k, v, do = (rng.normal(size=(2, 3, 2)) for _ in range(4))
+    ref = exercises.reference("attention_softmax")
+    o, cache = ref.forward((), (q, k, v))
+    grads, _ = ref.backward((), cache, do)
+    layer = fn.scaled_dot_product_attention()  # (N, heads, T, d): one head here
+    o_fn, cache_fn = layer.forward((), tuple(a[:, None] for a in (q, k, v)))
+    grads_fn, _ = layer.backward((), cache_fn, do[:, None])
+    np.testing.assert_allclose(o_fn[:, 0], o, rtol=1e-12, atol=1e-12)
+    for a, b in zip(jax.tree.leaves(grads_fn), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(a[:, 0], b, rtol=1e-10, atol=1e-12)

@@ -597,7 +597,7 @@ def _attn_grads(p, *, scale=True, rowsum=True, dv_t=True, dk_t=True):
 ATTENTION_SOFTMAX = Exercise(
     name="attention_softmax",
     title="scaled dot-product attention (its softmax and its two products)",
-    page="linear-softmax.md",
+    page="attention.md",
     input_shape=((2, 3, 2), (2, 3, 2), (2, 3, 2)),
     param_shapes=lambda shape: {},
     intermediates=_attn_parts,

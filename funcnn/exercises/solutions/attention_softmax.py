@@ -11,7 +11,7 @@ square of the sequence length (an attention layer can instead keep one log-sum-e
 query row and recompute p inside the backward).
 
 Your task: write backward(params, cache, do) -> ((dq, dk, dv), ()).
-Derivation: docs/course/linear-softmax.md (softmax, and the shapes of each product).
+Derivation: docs/course/attention.md.
 Grade it:   python -m funcnn.exercises grade attention_softmax attention_softmax.py
 """
 
