@@ -588,28 +588,29 @@ def _check(
 
     try:
         return _compare(
-            layer,
-            params,
-            x,
-            state,
-            ctx,
-            key,
-            fd_eps,
-            fd_directions,
-            jit,
-            f_vjp,
-            f_fd,
-            t_vjp,
-            t_fd,
-            autodiff,
-            expected_shape,
-            report,
+            layer=layer,
+            params=params,
+            x=x,
+            state=state,
+            ctx=ctx,
+            key=key,
+            fd_eps=fd_eps,
+            fd_directions=fd_directions,
+            jit=jit,
+            f_vjp=f_vjp,
+            f_fd=f_fd,
+            t_vjp=t_vjp,
+            t_fd=t_fd,
+            autodiff=autodiff,
+            expected_shape=expected_shape,
+            report=report,
         )
     except _ContractError as e:
         return report(problems=[str(e)])
 
 
 def _compare(
+    *,
     layer,
     params,
     x,
