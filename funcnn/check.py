@@ -129,49 +129,112 @@ def _is_float(a) -> bool:
     return hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
 
 
-def _randomize_tree(key, tree, keep_positive: bool):
+def _rng(key, salt: int) -> np.random.Generator:
+    """A NumPy generator seeded by a JAX key (raw or typed) and a salt.
+
+    The check draws its random numbers with NumPy: eager ``jax.random`` calls compile a
+    kernel for every new shape, which costs more than the check itself on small layers.
+    """
+    if jnp.issubdtype(getattr(key, "dtype", np.uint32), jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng([*np.asarray(key, np.uint32).ravel().tolist(), salt])
+
+
+def _device(values: np.ndarray, dtype) -> jax.Array:
+    """A host array onto the device as ``dtype``, converted by NumPy and copied by
+    ``jax.device_put`` (``jnp.asarray`` would compile a copy for every new shape)."""
+    return jax.device_put(np.asarray(values).astype(np.dtype(dtype)))
+
+
+def _param_scale(shape) -> float:
+    """The size of a random param: 1 for scalars and vectors (biases, scales, offsets),
+    ``sqrt(2 / (fan_in + fan_out))`` for matrices and kernels, with ``fan_out`` the last
+    axis and ``fan_in`` the product of the others (the scale of Glorot's initializer)."""
+    if len(shape) < 2:
+        return 1.0
+    fan_in, fan_out = math.prod(shape[:-1]), shape[-1]
+    return math.sqrt(2.0 / max(fan_in + fan_out, 1))
+
+
+def _random_params_tree(rng: np.random.Generator, tree):
     leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, max(len(leaves), 1))
+    out = [
+        _device(_param_scale(np.shape(a)) * rng.standard_normal(np.shape(a)), a.dtype)
+        if _is_float(a) and np.size(a)
+        else a
+        for a in leaves
+    ]
+    return treedef.unflatten(out)
+
+
+def _random_state_tree(rng: np.random.Generator, tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
     out = []
-    for k, a in zip(keys, leaves, strict=False):
-        if not _is_float(a) or not jnp.size(a):
+    for a in leaves:
+        if not _is_float(a) or not np.size(a):
             out.append(a)
             continue
-        values = np.asarray(a, np.float64)
+        values = np.asarray(a).astype(np.float64)
         rms = float(np.sqrt(np.mean(values**2)))
         scale = rms if rms > 0 and math.isfinite(rms) else 1.0
-        z = jax.random.normal(k, jnp.shape(a), a.dtype)
-        if keep_positive and bool(np.all(values > 0)):
-            out.append(scale * jnp.exp(z / 2))
-        else:
-            out.append(scale * z)
+        z = rng.standard_normal(np.shape(a))
+        positive = bool(np.all(values > 0))
+        out.append(_device(scale * (np.exp(z / 2) if positive else z), a.dtype))
     return treedef.unflatten(out)
 
 
 def random_params(key, params, state=()):
     """Random values in place of every floating leaf of ``params`` and ``state``.
 
-    The default point of :func:`check_layer` and :func:`check_grads`. Each floating leaf
-    is replaced by normal noise of its shape and dtype, scaled by the root mean square of
-    the leaf it replaces (or by 1 where that leaf is all zeros, like a bias), so that
-    weights keep their size and a scale that starts at 1 or an offset that starts at 0
-    takes values that expose a backward that forgot them. Params get both signs. A
-    ``state`` leaf that is strictly positive everywhere (a running variance) stays
-    positive: ``rms * exp(z / 2)``. Integer leaves (ids, counters) and PRNG keys are kept.
+    The default point of :func:`check_layer` and :func:`check_grads`, so that a backward
+    that is right only because a scale starts at 1 or an offset at 0 is caught.
 
-    A layer whose params must satisfy a constraint (a positive parameter, a normalized
-    table) gets a hook: ``check_layer(layer, shape, randomize=fn)`` with
-    ``fn(key, params, state) -> (params, state)``, which can call this function and then
-    repair what it must.
+    * ``params``: each floating leaf becomes normal noise of its shape and dtype, with
+      standard deviation 1 for scalars and vectors (biases, scales, offsets: both signs,
+      far from 0 and 1) and ``sqrt(2 / (fan_in + fan_out))`` for matrices and kernels
+      (``fan_out`` the last axis, ``fan_in`` the product of the others), so activations
+      keep the size they have at a usual init. Only shapes and dtypes are read: the
+      leaves may be ``jax.ShapeDtypeStruct`` (what :func:`init_shapes` gives).
+    * ``state`` (wide layers): values are read. A leaf that is strictly positive
+      everywhere (a running variance) stays positive, ``rms * exp(z / 2)``; any other
+      floating leaf becomes ``rms * z`` (``rms`` that of the leaf, or 1 for zeros).
+
+    Integer leaves (ids, counters) and PRNG keys are kept. A layer whose params must
+    satisfy a constraint (a positive parameter, a normalized table) gets a hook:
+    ``check_layer(layer, shape, randomize=fn)`` with ``fn(key, params, state) -> (params,
+    state)``, which can call this function and then repair what it must.
 
     Returns:
-      ``(params, state)`` of the same structure, shapes and dtypes.
+      ``(params, state)`` of the same structure, shapes and dtypes, as arrays.
     """
-    k_params, k_state = jax.random.split(key)
-    return (
-        _randomize_tree(k_params, params, keep_positive=False),
-        _randomize_tree(k_state, state, keep_positive=True),
-    )
+    return _random_params_tree(_rng(key, 0), params), _random_state_tree(_rng(key, 1), state)
+
+
+def init_shapes(layer: Layer, key, input_shape):
+    """What ``init`` makes, without compiling its random initializers.
+
+    Returns ``(params, state, output_shape)`` in the wide form, where ``params`` holds
+    ``jax.ShapeDtypeStruct`` leaves (from ``jax.eval_shape``) and ``state`` real values
+    (computed under ``jax.jit`` alone, so the params' random numbers are never compiled;
+    ``()`` for a pure layer). That is all :func:`random_params` needs: random
+    initializers cost a compilation per shape, more than the rest of a check. An
+    ``init`` that cannot be traced (it reads concrete values) runs eagerly instead.
+    """
+    out = {}
+
+    def params_and_state(k):
+        params, state, out["shape"] = _init(layer, k, input_shape)
+        return params, state
+
+    try:
+        params, state = jax.eval_shape(params_and_state, key)
+        if jax.tree_util.tree_leaves(state):
+            state = jax.jit(lambda k: params_and_state(k)[1])(key)
+    except _ContractError:
+        raise
+    except Exception:
+        return _init(layer, key, input_shape)
+    return params, state, out["shape"]
 
 
 # --- describing trees in words ------------------------------------------------------------
@@ -381,28 +444,35 @@ def _eqns(jaxpr):
                 yield from _eqns(sub)
 
 
-def _autodiff_in_backward(layer: Layer, params, cache, dy) -> tuple[list[str], str | None]:
-    """What autodiff ``layer.backward`` uses, and an error if it cannot be traced."""
+def _trace_backward(layer: Layer, params, cache, dy):
+    """Trace ``layer.backward`` for ``jax.jit``, recording the autodiff it uses.
+
+    Returns ``(autodiff used, the jax.stages.Traced or None, an error message or None)``.
+    """
     found: list[str] = []
     try:
         with _recording_autodiff(found):
-            closed = jax.make_jaxpr(lambda p, c, d: layer.backward(p, c, d))(params, cache, dy)
+            traced = jax.jit(lambda p, c, d: _backward(layer, p, c, d)).trace(params, cache, dy)
     except _ContractError:
         raise
     except Exception as e:
-        return found, (
-            f"{layer.name}: backward cannot be traced (it must work under jax.jit, as in "
-            f"a training step): {type(e).__name__}: {e}"
+        return (
+            found,
+            None,
+            (
+                f"{layer.name}: backward cannot be traced (it must work under jax.jit, as in "
+                f"a training step): {type(e).__name__}: {e}"
+            ),
         )
-    if any("custom_vjp" in eqn.primitive.name for eqn in _eqns(closed.jaxpr)):
+    if any("custom_vjp" in eqn.primitive.name for eqn in _eqns(traced.jaxpr.jaxpr)):
         found.append("a jax.custom_vjp function")
-    return found, None
+    return found, traced, None
 
 
 def _low_float_ops(closed) -> list[str]:
     """Primitives of a jaxpr that produce a float below 64 bits."""
     ops = []
-    for eqn in _eqns(closed.jaxpr):
+    for eqn in _eqns(getattr(closed, "jaxpr", closed)):
         for v in eqn.outvars:
             dtype = getattr(getattr(v, "aval", None), "dtype", None)
             entry = f"{eqn.primitive.name} -> {dtype}"
@@ -423,15 +493,15 @@ def _is_from_jax(layer: Layer) -> bool:
 
 
 def _to_float64(tree):
-    return jax.tree_util.tree_map(lambda a: jnp.asarray(a, _FLOAT64) if _is_float(a) else a, tree)
-
-
-def _random_like(key, tree):
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    keys = jax.random.split(key, max(len(leaves), 1))
-    return treedef.unflatten(
-        [jax.random.normal(k, jnp.shape(a), _FLOAT64) for k, a in zip(keys, leaves, strict=False)]
+    return jax.tree_util.tree_map(
+        lambda a: a if not _is_float(a) or a.dtype == _FLOAT64 else _device(a, _FLOAT64), tree
     )
+
+
+def _random_like(rng: np.random.Generator, tree):
+    """Standard-normal float64 arrays shaped like ``tree``'s leaves."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef.unflatten([_device(rng.standard_normal(np.shape(a)), _FLOAT64) for a in leaves])
 
 
 def _vdot(a, b) -> jax.Array:
@@ -441,7 +511,11 @@ def _vdot(a, b) -> jax.Array:
 
 def _max_abs(tree) -> float:
     return max(
-        (float(jnp.max(jnp.abs(a))) for a in jax.tree_util.tree_leaves(tree) if jnp.size(a)),
+        (
+            float(np.max(np.abs(np.asarray(a))))
+            for a in jax.tree_util.tree_leaves(tree)
+            if np.size(a)
+        ),
         default=0.0,
     )
 
@@ -503,8 +577,9 @@ def check_grads(
       atol, fd_atol: absolute tolerances; giving one sets that column's floor to
         ``atol / rtol`` (so an error passes when below ``max(atol, rtol * max|ref|)``).
       fd_eps: the finite-difference step. fd_directions: random directions per leaf.
-      jit: also run the forward under ``jax.jit``, check it equals the eager one, and
-        feed that cache to ``backward``.
+      jit: run the forward and then the backward (on that cache) under ``jax.jit``, in
+        one compiled program with the references, and check the jitted forward equals
+        the eager one; with ``jit=False`` forward and backward run eagerly.
       autodiff: what to do when ``backward`` calls JAX's autodiff: ``"warn"`` (an
         :class:`AutodiffInBackwardWarning` and a note), ``"error"`` (a problem, so the
         check fails; built-in layers are tested this way) or ``"ignore"``.
@@ -525,12 +600,12 @@ def check_grads(
     tolerances = (rtol, fd_rtol)
     reports = []
     with jax.enable_x64(True):
-        params, x, state = _to_float64(params), _to_float64(x), _to_float64(state)
+        x = _to_float64(x)
         for point in points:
             p, s = params, state
             if point == "random":
                 p, s = (randomize or random_params)(jax.random.fold_in(key, 1), params, state)
-                p, s = _to_float64(p), _to_float64(s)
+            p, s = _to_float64(p), _to_float64(s)
             label = _LABELS["random" if point == "random" else _given_label]
             reports.append(
                 _check(
@@ -632,12 +707,6 @@ def _compare(
     x_float = jax.tree_util.tree_map(lambda a: a if _is_float(a) else None, x)
     has_float_x = bool(jax.tree_util.tree_leaves(x_float))
 
-    def output(p, xf):
-        merged = jax.tree_util.tree_map(
-            lambda orig, f: orig if f is None else f, x, xf, is_leaf=lambda a: a is None
-        )
-        return _forward(layer, p, merged, state, ctx)[0]
-
     # 1. The code under test: forward (eager, then jitted) and the hand-written backward.
     problems, notes = [], []
     y, cache, _ = _forward(layer, params, x, state, ctx)
@@ -666,28 +735,25 @@ def _compare(
                 f"in bfloat16."
             ]
         )
-    output_abs = 0.0
-    traced = jax.jit(lambda p, xx, s, c: _forward(layer, p, xx, s, c)).trace(params, x, state, ctx)
-    low_ops = _low_float_ops(traced.jaxpr)
+    low_ops = _low_float_ops(jax.make_jaxpr(lambda p: _forward(layer, p, x, state, ctx))(params))
     if low_ops:
         problems.append(
             f"{layer.name}: forward computes in float32 (or lower) although params and "
             f"input are float64: {', '.join(low_ops[:4])}. Take dtypes from x or params "
             f"instead of writing jnp.float32."
         )
-    if jit:
-        y_eager = y
-        y, cache, _ = traced.lower().compile()(params, x, state, ctx)
-        diff = jax.tree_util.tree_map(jnp.subtract, y, y_eager)
-        output_abs = _max_abs(diff)
-        if output_abs > t_vjp * max(_max_abs(y_eager), f_vjp):
-            problems.append(f"jit(forward) differs from forward by {output_abs:.3e}")
-    key_dy, key_fd = jax.random.split(key)
-    dy = _random_like(key_dy, y)
+    dy = _random_like(_rng(key, 2), y)
 
-    used, trace_error = _autodiff_in_backward(layer, params, cache, dy)
+    used, traced_backward, trace_error = _trace_backward(layer, params, cache, dy)
     if trace_error:
         problems.append(trace_error)
+    low_ops = [] if traced_backward is None else _low_float_ops(traced_backward.jaxpr)
+    if low_ops:
+        problems.append(
+            f"{layer.name}: backward computes in float32 (or lower) although params, cache "
+            f"and dy are float64: {', '.join(low_ops[:4])}. Take dtypes from dy or params "
+            f"instead of writing jnp.float32."
+        )
     if used and autodiff != "ignore" and not _is_from_jax(layer):
         message = (
             f"{layer.name}: backward uses JAX autodiff ({'; '.join(used)}); the contract "
@@ -700,39 +766,64 @@ def _compare(
             warnings.warn(message, AutodiffInBackwardWarning, stacklevel=4)
     elif used and _is_from_jax(layer):
         notes.append(f"{layer.name}: a from_jax prototype, its backward is jax.vjp's pullback")
-    dx, dparams = _backward(layer, params, cache, dy)
 
     # 2. The references: jax.vjp of the forward, and the central differences of
-    #    L(theta) = <forward(theta), dy> along random directions per leaf. L is compiled
-    #    once and evaluated at every shifted point (2 per direction per leaf).
+    #    L(theta) = <forward(theta), dy> along random directions per leaf, evaluated at
+    #    every shifted point (2 per direction per leaf).
+    #
+    #    Compilation is what a check costs, so it compiles ONE program: with jit, the
+    #    code under test (forward, then backward on its cache) together with jax.vjp of
+    #    the forward and L; without jit, the references alone. The same program gives L
+    #    at the shifted points. The check's own arithmetic is NumPy, so the only eager JAX
+    #    code is the layer's forward (which the jitted one is compared with).
     point = {"x": x_float, "params": params}
     flat_point, point_def = jax.tree_util.tree_flatten(point)
-    keys = jax.random.split(key_fd, max(len(flat_point), 1))
-    directions = [
-        jax.random.normal(keys[i], (fd_directions, *jnp.shape(a)), _FLOAT64)
-        for i, a in enumerate(flat_point)
-    ]
+    rng = _rng(key, 3)
+    directions = [rng.standard_normal((fd_directions, *np.shape(a))) for a in flat_point]
+    flat_host = [np.asarray(a) for a in flat_point]  # shifts are made by NumPy
+    under_jit = jit and traced_backward is not None
+
+    def merged_x(xf):
+        return jax.tree_util.tree_map(
+            lambda orig, f: orig if f is None else f, x, xf, is_leaf=lambda a: a is None
+        )
 
     @jax.jit
-    def vjp_reference(flat, dy):
+    def program(flat, dy):
         tree = point_def.unflatten(flat)
-        y_ref, vjp_fn = jax.vjp(output, tree["params"], tree["x"])
-        return (y_ref, *vjp_fn(dy))
+        p, xf = tree["params"], tree["x"]
+        y_ref, vjp_fn = jax.vjp(
+            lambda p, xf: _forward(layer, p, merged_x(xf), state, ctx)[0], p, xf
+        )
+        ref_dparams, ref_dx = vjp_fn(dy)
+        refs = (y_ref, ref_dparams, ref_dx, _vdot(y_ref, dy))
+        if not under_jit:
+            return refs
+        y, cache, _ = _forward(layer, p, merged_x(xf), state, ctx)
+        return refs, (y, cache, _backward(layer, p, cache, dy))
 
-    @jax.jit
     def loss_at(flat):
-        tree = point_def.unflatten(flat)
-        return _vdot(output(tree["params"], tree["x"]), dy)
+        out = program(flat, dy)
+        return float((out[0] if under_jit else out)[3])
 
     def shifted(i, delta):
-        return [a + delta if j == i else a for j, a in enumerate(flat_point)]
+        return [a + delta if j == i else a for j, a in enumerate(flat_host)]
 
-    y_ref, ref_dparams, ref_dx = vjp_reference(flat_point, dy)
+    output_abs = 0.0
+    if under_jit:
+        (y_ref, ref_dparams, ref_dx, _), (y_jit, _, (dx, dparams)) = program(flat_point, dy)
+        diff = jax.tree_util.tree_map(lambda a, b: np.asarray(a) - np.asarray(b), y_jit, y)
+        output_abs = _max_abs(diff)
+        if output_abs > t_vjp * max(_max_abs(y), f_vjp):
+            problems.append(f"jit(forward) differs from forward by {output_abs:.3e}")
+        y = y_jit
+    else:
+        y_ref, ref_dparams, ref_dx, _ = program(flat_point, dy)
+        dx, dparams = _backward(layer, params, cache, dy)
     fd_values = [
         np.array(
             [
-                float(loss_at(shifted(i, fd_eps * v)) - loss_at(shifted(i, -fd_eps * v)))
-                / (2 * fd_eps)
+                (loss_at(shifted(i, fd_eps * v)) - loss_at(shifted(i, -fd_eps * v))) / (2 * fd_eps)
                 for v in directions[i]
             ]
         )
@@ -802,14 +893,17 @@ def check_layer(
     raise_on_error = kwargs.pop("raise_on_error", True)
     with jax.enable_x64(True):
         try:
-            params, state, out_shape = _init(layer, k_init, input_shape)
+            if "init" in _points(at) or "given" in _points(at):
+                params, state, out_shape = _init(layer, k_init, input_shape)
+            else:  # random params need init's shapes only
+                params, state, out_shape = init_shapes(layer, k_init, input_shape)
         except _ContractError as e:
             report = GradReport(layer.name, (), 0.0, (str(e),), "init")
             if raise_on_error:
                 raise AssertionError(str(report)) from None
             return report
         if x is None:
-            x = _random_like(k_x, _shape_tree(input_shape))
+            x = _random_like(_rng(k_x, 4), _shape_tree(input_shape))
         ctx = Ctx(k_ctx, train)
         return check_grads(
             layer,
@@ -827,9 +921,9 @@ def check_layer(
 
 
 def _shape_tree(input_shape):
-    """Turn a shape or nested tuple of shapes into a tree of zero arrays (for random_like)."""
+    """Turn a shape or nested tuple of shapes into a tree of shape structs (for random_like)."""
     if all(isinstance(d, int) for d in input_shape):
-        return jnp.zeros(input_shape, _FLOAT64)
+        return jax.ShapeDtypeStruct(tuple(input_shape), _FLOAT64)
     return tuple(_shape_tree(s) for s in input_shape)
 
 
@@ -845,5 +939,6 @@ __all__ = [
     "LeafError",
     "check_grads",
     "check_layer",
+    "init_shapes",
     "random_params",
 ]

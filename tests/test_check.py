@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 import funcnn as fn
-from funcnn.check import AutodiffInBackwardWarning, check_grads, check_layer, random_params
+from funcnn.check import (
+    AutodiffInBackwardWarning,
+    check_grads,
+    check_layer,
+    init_shapes,
+    random_params,
+)
 from funcnn.core import check_input_shape
 
 
@@ -185,11 +191,23 @@ def test_random_params_keeps_structure_and_validity():
     ):
         assert new.shape == old.shape and new.dtype == old.dtype
     assert not np.allclose(new_params["w"], 0.1) and not np.allclose(new_params["b"], 0.0)
-    np.testing.assert_allclose(np.sqrt(np.mean(np.asarray(new_params["w"]) ** 2)), 0.1, rtol=0.6)
+    rms = np.sqrt(np.mean(np.asarray(new_params["w"]) ** 2))
+    np.testing.assert_allclose(rms, np.sqrt(2 / (3 + 4)), rtol=0.6)  # Glorot's scale
     assert (new_params["b"] < 0).any() and (new_state["mean"] < 0).any()
     assert (new_state["var"] > 0).all() and not np.allclose(new_state["var"], 1.0)
     np.testing.assert_array_equal(new_params["ids"], params["ids"])
     assert new_state["count"] == 0
+
+
+def test_random_params_needs_only_the_shapes_of_params():
+    layer = fn.sequential(fn.dense(4), fn.batchnorm())
+    shapes, state, out_shape = init_shapes(layer, jax.random.PRNGKey(0), (3, 2))
+    assert out_shape == (3, 4)
+    assert isinstance(shapes[0]["w"], jax.ShapeDtypeStruct) and shapes[0]["w"].shape == (2, 4)
+    np.testing.assert_array_equal(state[1]["var"], np.ones(4))  # state has its real values
+    params, new_state = random_params(jax.random.PRNGKey(1), shapes, state)
+    assert params[0]["w"].shape == (2, 4) and params[0]["w"].dtype == shapes[0]["w"].dtype
+    assert (new_state[1]["var"] > 0).all()
 
 
 def test_randomize_hook_and_given_params():

@@ -29,26 +29,52 @@ from funcnn.reference import conv_transpose_as_conv_kernel as flip_transpose
 # --- helpers -----------------------------------------------------------------------------
 
 
+# Random data comes from NumPy and shapes from jax.eval_shape: eager jax.random and eager
+# layer calls compile every operation for every new shape, which is most of what a conv
+# test would otherwise cost (see tests/README.md).
+
+
+def _normal(rng, shape):
+    return jax.device_put(rng.standard_normal(shape))
+
+
 def run_layer(layer, params, x, dy_seed=7):
-    """Our forward and backward under jit, with a random cotangent."""
+    """Our forward and backward under jit (the backward fed the jitted cache), random dy."""
 
     @jax.jit
     def forward(params, x):
         return layer.forward(params, x)
 
     y, cache = forward(params, x)
-    dy = jax.random.normal(jax.random.PRNGKey(dy_seed), y.shape, y.dtype)
+    dy = _normal(np.random.default_rng(dy_seed), y.shape)
     dx, dparams = jax.jit(layer.backward)(params, cache, dy)
     return y, dy, dx, dparams
 
 
+def init_shapes(layer, input_shape):
+    """``init``'s params as shape structs and its output shape, traced without compiling."""
+    out = {}
+
+    def init(key):
+        params, out["shape"] = layer.init(key, input_shape)
+        return params
+
+    return jax.eval_shape(init, jax.random.PRNGKey(0)), out["shape"]
+
+
 def random_params(layer, input_shape, seed=0):
-    params, out_shape = layer.init(jax.random.PRNGKey(seed), input_shape)
-    params = jax.tree_util.tree_map(
-        lambda p: jax.random.normal(jax.random.PRNGKey(seed + 1), p.shape, jnp.float64), params
-    )
-    x = jax.random.normal(jax.random.PRNGKey(seed + 2), input_shape, jnp.float64)
-    return params, x, out_shape
+    """Standard-normal float64 params of init's shapes, a random input, init's output shape."""
+    shapes, out_shape = init_shapes(layer, input_shape)
+    rng = np.random.default_rng(seed)
+    params = jax.tree_util.tree_map(lambda p: _normal(rng, p.shape), shapes)
+    return params, _normal(rng, input_shape), out_shape
+
+
+def forward_shape(layer, input_shape):
+    """The shape ``forward`` gives for ``input_shape``, by tracing (shape inference only)."""
+    params, _ = init_shapes(layer, input_shape)
+    x = jax.ShapeDtypeStruct(input_shape, jnp.float32)
+    return jax.eval_shape(layer.forward, params, x)[0].shape
 
 
 # --- hypothesis: forward vs lax, backward vs the direct loops ------------------------------
@@ -236,9 +262,8 @@ def test_conv_transpose_matches_direct_loops(groups, kernel, stride, dilation, p
 )
 def test_conv2d_output_shape(kwargs, input_shape, expected):
     layer = conv2d(4, **kwargs)
-    params, out_shape = layer.init(jax.random.PRNGKey(0), input_shape)
-    assert out_shape == expected
-    assert layer.forward(params, jnp.zeros(input_shape))[0].shape == expected
+    assert init_shapes(layer, input_shape)[1] == expected
+    assert forward_shape(layer, input_shape) == expected
 
 
 @pytest.mark.parametrize("size", [1, 4, 7])
@@ -258,10 +283,10 @@ def test_conv_transpose2d_output_shape_is_pytorch_formula(size, k, s, p, op, d):
     if expected < 1:
         return
     layer = conv_transpose2d(3, k, stride=s, padding=p, output_padding=op, dilation=d)
-    params, out_shape = layer.init(jax.random.PRNGKey(0), (2, size, size + 1, 2))
+    _, out_shape = init_shapes(layer, (2, size, size + 1, 2))
     expected_w = size * s - 2 * p + d * (k - 1) + op + 1
     assert out_shape == (2, expected, expected_w, 3)
-    assert layer.forward(params, jnp.zeros((2, size, size + 1, 2)))[0].shape == out_shape
+    assert forward_shape(layer, (2, size, size + 1, 2)) == out_shape
 
 
 def test_same_padding_puts_the_extra_row_on_the_high_side():
@@ -294,13 +319,13 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(
         features, kernel, stride, padding, output_padding, dilation, groups, use_bias=False
     )
     params, x, out_shape = random_params(t, (2, *size, channels))
-    z = jax.random.normal(jax.random.PRNGKey(5), out_shape, jnp.float64)
+    z = _normal(np.random.default_rng(5), out_shape)
     pad = (padding, padding) if isinstance(padding, int) else padding
     c = conv2d(channels, kernel, stride, tuple(pad), dilation, groups, use_bias=False)
     w_conv = jnp.asarray(flip_transpose(params["w"], groups))
-    cz, _ = c.forward({"w": w_conv}, z)
+    cz, _ = jax.jit(c.forward)({"w": w_conv}, z)
     assert cz.shape == x.shape
-    tx, _ = t.forward(params, x)
+    tx, _ = jax.jit(t.forward)(params, x)
     np.testing.assert_allclose(jnp.vdot(cz, x), jnp.vdot(z, tx), rtol=1e-12)
 
 
@@ -326,9 +351,10 @@ for cfg in json.loads(sys.argv[1]):
                    padding=tuple(map(tuple, cfg["padding"])), groups=cfg["groups"])
     params, _ = layer.init(jax.random.PRNGKey(0), tuple(cfg["x"]))
     params = {"w": params["w"].astype(jnp.float64), "b": params["b"].astype(jnp.float64) + 0.5}
-    x = jax.random.normal(jax.random.PRNGKey(1), tuple(cfg["x"]), jnp.float64)
+    rng = np.random.default_rng(1)  # NumPy: eager jax.random compiles for every shape
+    x = jax.device_put(rng.standard_normal(tuple(cfg["x"])))
     y, cache = layer.forward(params, x)
-    dy = jax.random.normal(jax.random.PRNGKey(2), y.shape, jnp.float64)
+    dy = jax.device_put(rng.standard_normal(y.shape))
     dx, grads = layer.backward(params, cache, dy)                    # eager
     _, cache_j = jax.jit(layer.forward)(params, x)
     dx_j, grads_j = jax.jit(layer.backward)(params, cache_j, dy)     # compiled as one program
@@ -339,11 +365,9 @@ for cfg in json.loads(sys.argv[1]):
     # Central differences along random directions (the layer is affine, so they are exact
     # up to rounding). jax.vjp cannot be the reference: it is what aborts.
     eps, fd = 1e-3, []
-    for seed in range(3):
-        kx, kw, kb = jax.random.split(jax.random.PRNGKey(10 + seed), 3)
-        vx = jax.random.normal(kx, x.shape, jnp.float64)
-        vw = jax.random.normal(kw, params["w"].shape, jnp.float64)
-        vb = jax.random.normal(kb, params["b"].shape, jnp.float64)
+    for _ in range(3):
+        vx, vw, vb = (jax.device_put(rng.standard_normal(a.shape))
+                      for a in (x, params["w"], params["b"]))
         up = {"w": params["w"] + eps * vw, "b": params["b"] + eps * vb}
         down = {"w": params["w"] - eps * vw, "b": params["b"] - eps * vb}
         numeric = (loss(up, x + eps * vx) - loss(down, x - eps * vx)) / (2 * eps)
@@ -471,8 +495,8 @@ def test_conv1d_is_conv2d_with_a_unit_axis():
     params, x, _ = random_params(c1, (2, 9, 4))
     y1, dy, dx1, g1 = run_layer(c1, params, x)
     p2 = {"w": params["w"][None], "b": params["b"]}
-    y2, cache = c2.forward(p2, x[:, None])
-    dx2, g2 = c2.backward(p2, cache, dy[:, None])
+    y2, dy2, dx2, g2 = run_layer(c2, p2, x[:, None])
+    np.testing.assert_allclose(dy2, dy[:, None])  # the same seed draws the same cotangent
     np.testing.assert_allclose(y1, y2[:, 0], rtol=1e-12)
     np.testing.assert_allclose(dx1, dx2[:, 0], rtol=1e-12)
     np.testing.assert_allclose(g1["w"], g2["w"][0], rtol=1e-12)

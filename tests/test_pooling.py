@@ -29,30 +29,38 @@ def ref_avg(x, window, stride, pads, count_include_pad):
     return total / _reduce(jnp.ones_like(x), np.array(0, x.dtype), lax.add, window, stride, pads)
 
 
-def ours_vjp(layer, x, dy):
-    """Our forward and hand-written backward, both under jit."""
+def run(layer, x, dy=None, ref=None):
+    """Our forward and hand-written backward, and ``jax.vjp`` of ``ref``: ONE jitted program.
+
+    Returns ``(y, dx)``, or ``(y, dx, y_ref, dx_ref)`` with a ``ref``. ``dy`` defaults to
+    ones. Each test compiles one program: compilation, not running, is what pooling tests
+    cost (eager calls compile every operation separately).
+    """
+    if dy is None:
+        out = jax.eval_shape(lambda x: layer.forward((), x)[0], x)
+        dy = np.ones(out.shape, out.dtype)
 
     @jax.jit
-    def run(x, dy):
+    def program(x, dy):
         y, cache = layer.forward((), x)
-        return y, layer.backward((), cache, dy)
+        dx, dparams = layer.backward((), cache, dy)
+        if ref is None:
+            return y, dx, dparams
+        y_ref, pullback = jax.vjp(ref, x)
+        return y, dx, dparams, y_ref, pullback(dy)[0]
 
-    y, (dx, dparams) = run(x, dy)
+    y, dx, dparams, *refs = program(x, dy)
     assert dparams == ()
-    return y, dx
-
-
-def ref_vjp(fn, x, dy):
-    @jax.jit
-    def run(x, dy):
-        y, pullback = jax.vjp(fn, x)
-        return y, pullback(dy)[0]
-
-    return run(x, dy)
+    return (y, dx, *refs)
 
 
 def _random(shape, seed=0):
-    return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float64)
+    """Standard-normal float64 data from NumPy (eager jax.random compiles per shape)."""
+    return jax.device_put(np.random.default_rng(seed).standard_normal(shape))
+
+
+def _out_shape(fn, x):
+    return jax.eval_shape(fn, x).shape
 
 
 # --- hypothesis parity with reduce_window ------------------------------------------------
@@ -77,10 +85,12 @@ def test_max_pool2d_matches_reduce_window(config):
     shape, window, stride, pads = config
     x = _random(shape)
     layer = max_pool2d(window, stride, pads)
-    y_ref = ref_max(x, window, stride, pads)
-    dy = _random(y_ref.shape, seed=1)
-    y, dx = ours_vjp(layer, x, dy)
-    y_ref, dx_ref = ref_vjp(lambda x: ref_max(x, window, stride, pads), x, dy)
+
+    def ref(x):
+        return ref_max(x, window, stride, pads)
+
+    dy = _random(_out_shape(ref, x), seed=1)
+    y, dx, y_ref, dx_ref = run(layer, x, dy, ref)
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=0)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
 
@@ -95,9 +105,8 @@ def test_avg_pool2d_matches_reduce_window(config, count_include_pad):
     def ref(x):
         return ref_avg(x, window, stride, pads, count_include_pad)
 
-    dy = _random(ref(x).shape, seed=1)
-    y, dx = ours_vjp(layer, x, dy)
-    y_ref, dx_ref = ref_vjp(ref, x, dy)
+    dy = _random(_out_shape(ref, x), seed=1)
+    y, dx, y_ref, dx_ref = run(layer, x, dy, ref)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
 
@@ -108,14 +117,18 @@ def test_same_padding_matches_reduce_window(make, window, stride):
     x = _random((2, 7, 6, 3))
     w = window if isinstance(window, tuple) else (window, window)
     s = stride if isinstance(stride, tuple) else (stride, stride)
-    y, _ = make(window, stride, "SAME").forward((), x)
+
+    def ref(x):
+        if make is max_pool2d:
+            init, op = np.array(-np.inf, x.dtype), lax.max
+            return lax.reduce_window(x, init, op, (1, *w, 1), (1, *s, 1), "SAME")
+        # count_include_pad=True: SAME padding zeros count in the divisor
+        return lax.reduce_window(x, 0.0, lax.add, (1, *w, 1), (1, *s, 1), "SAME") / (w[0] * w[1])
+
+    y, dx, y_ref, dx_ref = run(make(window, stride, "SAME"), x, ref=ref)
     assert y.shape[1:3] == (-(-7 // s[0]), -(-6 // s[1]))
-    if make is max_pool2d:
-        init, op = np.array(-np.inf, x.dtype), lax.max
-        ref = lax.reduce_window(x, init, op, (1, *w, 1), (1, *s, 1), "SAME")
-    else:  # count_include_pad=True: SAME padding zeros count in the divisor
-        ref = lax.reduce_window(x, 0.0, lax.add, (1, *w, 1), (1, *s, 1), "SAME") / (w[0] * w[1])
-    np.testing.assert_allclose(y, ref, rtol=1e-12)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
 
 
 def test_padding_spellings_agree():
@@ -143,11 +156,10 @@ def test_padding_spellings_agree():
 def test_max_pool2d_ties_go_to_the_first_maximum_in_row_major_order(window, stride, pads):
     layer = max_pool2d(window, stride, pads)
     # Few distinct values, so most windows hold several maxima.
-    x = jax.random.randint(jax.random.PRNGKey(0), (2, 7, 8, 3), 0, 3).astype(jnp.float64)
-    y, cache = layer.forward((), x)
-    dy = _random(y.shape, seed=1)
-    dx, _ = layer.backward((), cache, dy)
-    np.testing.assert_allclose(y, ref_max(x, window, stride, pads))
+    x = jax.device_put(np.random.default_rng(0).integers(0, 3, (2, 7, 8, 3)).astype(np.float64))
+    dy = _random(_out_shape(lambda x: layer.forward((), x)[0], x), seed=1)
+    y, dx, y_ref, _ = run(layer, x, dy, lambda x: ref_max(x, window, stride, pads))
+    np.testing.assert_allclose(y, y_ref)
     _, dx_np = reference.max_pool2d(x, window, stride, pads, dy=np.asarray(dy))
     np.testing.assert_allclose(dx, dx_np, atol=1e-12)
 
@@ -193,8 +205,8 @@ def _read(size, window, stride, out):
 def test_unread_rows_and_columns_get_zero_gradient(make, window, stride):
     x = _random((2, 8, 9, 2))
     layer = make(window, stride)
-    y, cache = layer.forward((), x)
-    dx, _ = layer.backward((), cache, jnp.ones_like(y))
+    y, dx = run(layer, x)
+    dx = np.asarray(dx)  # NumPy indexing: eager JAX indexing compiles a gather per shape
     w = window if isinstance(window, tuple) else (window, window)
     s = stride if isinstance(stride, tuple) else (stride, stride)
     rows, cols = (_read(n, w[d], s[d], y.shape[d + 1]) for d, n in enumerate(x.shape[1:3]))
@@ -202,15 +214,14 @@ def test_unread_rows_and_columns_get_zero_gradient(make, window, stride):
     np.testing.assert_array_equal(dx[:, ~rows], 0)
     np.testing.assert_array_equal(dx[:, :, ~cols], 0)
     if make is avg_pool2d:  # every input that is read gets a share
-        assert (np.asarray(dx)[:, rows][:, :, cols] > 0).all()
+        assert (dx[:, rows][:, :, cols] > 0).all()
 
 
 def test_nondividing_input_gradient_is_zero_past_the_last_window():
     x = _random((1, 5, 7, 1))
     layer = max_pool2d(2)
-    y, cache = layer.forward((), x)
+    y, dx = run(layer, x)
     assert y.shape == (1, 2, 3, 1)
-    dx, _ = layer.backward((), cache, jnp.ones_like(y))
     np.testing.assert_array_equal(dx[:, 4, :, :], 0)
     np.testing.assert_array_equal(dx[:, :, 6, :], 0)
     assert float(dx.sum()) == 6.0
@@ -263,10 +274,11 @@ def test_global_avg_pool_means_over_space(shape):
     x = _random(shape)
     layer = global_avg_pool()
     assert layer.init(None, shape) == ((), (shape[0], shape[-1]))
-    y, cache = layer.forward((), x)
-    np.testing.assert_allclose(y, x.reshape(shape[0], -1, shape[-1]).mean(1), rtol=1e-12)
-    dy = _random(y.shape, seed=1)
-    dx, _ = layer.backward((), cache, dy)
+    dy = _random((shape[0], shape[-1]), seed=1)
+    y, dx = run(layer, x, dy)
+    np.testing.assert_allclose(
+        y, np.asarray(x).reshape(shape[0], -1, shape[-1]).mean(1), rtol=1e-12
+    )
     count = np.prod(shape[1:-1])
     expected = np.broadcast_to(
         np.asarray(dy).reshape(shape[0], *[1] * (len(shape) - 2), shape[-1]) / count, shape
@@ -294,8 +306,8 @@ def test_avg_pool2d_matches_pytorch(window, stride, padding, count_include_pad):
     torch = pytest.importorskip("torch")
     x = _random((2, 7, 6, 3))
     layer = avg_pool2d(window, stride, padding, count_include_pad=count_include_pad)
-    y, cache = layer.forward((), x)
-    dy = _random(y.shape, seed=1)
+    dy = _random(_out_shape(lambda x: layer.forward((), x)[0], x), seed=1)
+    y, dx = run(layer, x, dy)
     y_t, dx_t = _torch_pool(
         torch.nn.functional.avg_pool2d,
         x,
@@ -306,7 +318,7 @@ def test_avg_pool2d_matches_pytorch(window, stride, padding, count_include_pad):
         count_include_pad=count_include_pad,
     )
     np.testing.assert_allclose(y, y_t, rtol=1e-12)
-    np.testing.assert_allclose(layer.backward((), cache, dy)[0], dx_t, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_t, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("ties", [False, True], ids=["continuous", "ties"])
@@ -317,15 +329,15 @@ def test_max_pool2d_matches_pytorch(window, stride, padding, ties):
     torch = pytest.importorskip("torch")
     x = _random((2, 7, 6, 3))
     if ties:  # PyTorch's CPU kernel also takes the first maximum in row-major order
-        x = jnp.round(x)
+        x = jax.device_put(np.round(np.asarray(x)))
     layer = max_pool2d(window, stride, padding)
-    y, cache = layer.forward((), x)
-    dy = _random(y.shape, seed=1)
+    dy = _random(_out_shape(lambda x: layer.forward((), x)[0], x), seed=1)
+    y, dx = run(layer, x, dy)
     y_t, dx_t = _torch_pool(
         torch.nn.functional.max_pool2d, x, dy, kernel_size=window, stride=stride, padding=padding
     )
     np.testing.assert_array_equal(y, y_t)
-    np.testing.assert_allclose(layer.backward((), cache, dy)[0], dx_t, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_t, rtol=1e-12, atol=1e-12)
 
 
 # --- errors ---------------------------------------------------------------------------------
