@@ -10,7 +10,8 @@ be preceded by a hidden setup, an HTML comment the page does not render::
     x = jnp.linspace(-1, 1, 12).reshape(4, 3)
     -->
 
-Keep snippets cheap: tiny shapes, a few steps.
+Snippets are user code, so they run with JAX's default rank promotion (the suite raises on
+implicit broadcasting in library code). Keep them cheap: tiny shapes, a few steps.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pathlib
 import re
 import textwrap
 
+import jax
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -62,8 +64,9 @@ def test_page_snippets_run(page, tmp_path, monkeypatch):
     namespace = {"__name__": f"docs:{page.name}"}
     where = page.relative_to(ROOT).as_posix()
     for line, code in blocks:
-        try:
-            exec(compile(code, f"{where}:{line}", "exec"), namespace)
+        try:  # user code: JAX's default broadcasting, not the suite's strict setting
+            with jax.numpy_rank_promotion("allow"):
+                exec(compile(code, f"{where}:{line}", "exec"), namespace)
         except Exception as err:
             raise AssertionError(
                 f"the snippet at {where}, line {line}, fails: {type(err).__name__}: {err}"
