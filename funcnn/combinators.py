@@ -123,11 +123,18 @@ def _check_layers(name: str, layers) -> tuple[Layer, ...]:
 # --- sequential -----------------------------------------------------------------------
 
 
-def sequential(*layers: Layer) -> Layer:
-    """Run ``layers`` one after another: ``y = f_n(... f_2(f_1(x)))``.
+def sequential(*layers: Layer, **named: Layer) -> Layer:
+    """Run the children one after another: ``y = f_n(... f_2(f_1(x)))``.
 
-    Params, state and cache are tuples with one entry per child. Each child gets the key
-    ``fold_in(ctx.key, i)``.
+    Children are given either by position, ``sequential(f, g)``, whose params, state and
+    cache are tuples with one entry per child, or by name, ``sequential(encoder=f,
+    head=g)``, whose params, state and cache are dicts keyed by those names: parameter
+    paths then read ``params["encoder"]["w"]`` rather than ``params[0]["w"]``, and errors
+    name the child (``sequential[encoder] (dense): ...``). Named children run in the order
+    given, and ``init`` returns the dicts in that order (JAX's tree functions rebuild dicts
+    with sorted keys; the order of execution never depends on that). The ``i``-th child
+    gets the key ``fold_in(ctx.key, i)`` and the ``i``-th split of the init key in both
+    forms, so naming the children does not change the numbers.
 
     Backward (chain rule, children in reverse)::
 
@@ -142,43 +149,82 @@ def sequential(*layers: Layer) -> Layer:
     >>> dx, grads = model.backward(params, cache, jnp.ones_like(y))
     >>> [sorted(g) for g in grads]
     [['b', 'w'], [], ['b', 'w']]
+    >>> named = fn.sequential(encoder=fn.dense(8), act=fn.relu(), head=fn.dense(2))
+    >>> params, _ = named.init(jax.random.PRNGKey(0), (4, 3))
+    >>> list(params), params["head"]["w"].shape
+    (['encoder', 'act', 'head'], (8, 2))
     """
+    if layers and named:
+        raise TypeError(
+            "sequential: give the children either by position or by name, not both "
+            f"(got {len(layers)} positional and {sorted(named)} named)"
+        )
+    if named:
+        return _chain("sequential", tuple(named.values()), names=tuple(named))
     return _chain("sequential", layers)
 
 
-def _chain(name: str, layers: Sequence[Layer]) -> Layer:
-    layers = _check_layers(name, layers)
+def _chain(name: str, layers: Sequence[Layer], names: tuple[str, ...] | None = None) -> Layer:
+    layers = _check_layers(name, layers) if names is None else _check_named(name, names, layers)
     n = len(layers)
     lifted = tuple(as_wide(layer) for layer in layers)
+    labels = tuple(range(n)) if names is None else names
+
+    def pack(values):  # a tuple by position, a dict by name
+        return tuple(values) if names is None else dict(zip(names, values, strict=True))
+
+    def check(what, value):
+        if names is None:
+            _check_tuple(name, what, value, n)
+        elif not isinstance(value, dict) or list(value) != list(names):
+            if isinstance(value, dict) and set(value) == set(names):
+                return  # the same children, keys reordered (e.g. by a JAX tree function)
+            got = sorted(value) if isinstance(value, dict) else type(value).__name__
+            raise TypeError(
+                f"{name}: {what} must be a dict with one entry per named child "
+                f"{list(names)}, got {got}. Use the {what} made by this layer's init."
+            )
 
     def init(key, input_shape):
         keys = jax.random.split(key, n) if n else ()
         params, states, shape = [], [], input_shape
         for i, layer in enumerate(lifted):
-            p, s, shape = _call_child(name, i, layer, layer.init, keys[i], shape)
+            p, s, shape = _call_child(name, labels[i], layer, layer.init, keys[i], shape)
             params.append(p)
             states.append(s)
-        return tuple(params), tuple(states), shape
+        return pack(params), pack(states), shape
 
     def forward(params, x, state, ctx):
-        _check_tuple(name, "params", params, n)
-        _check_tuple(name, "state", state, n)
+        check("params", params)
+        check("state", state)
         caches, new_states = [], []
         for i, layer in enumerate(lifted):
+            at = labels[i]
             x, cache, s = _call_child(
-                name, i, layer, layer.forward, params[i], x, state[i], ctx.child(i)
+                name, at, layer, layer.forward, params[at], x, state[at], ctx.child(i)
             )
             caches.append(cache)
             new_states.append(s)
-        return x, tuple(caches), tuple(new_states)
+        return x, pack(caches), pack(new_states)
 
     def backward(params, cache, dy):
         grads = [None] * n
         for i in reversed(range(n)):
-            dy, grads[i] = layers[i].backward(params[i], cache[i], dy)
-        return dy, tuple(grads)
+            at = labels[i]
+            with _inside(name, str(at), layers[i]):
+                dy, grads[i] = layers[i].backward(params[at], cache[at], dy)
+        return dy, pack(grads)
 
-    return make_combinator(name, layers, init, forward, backward)
+    empty = None if names is None else {k: () for k in names}
+    return make_combinator(name, layers, init, forward, backward, empty_state=empty)
+
+
+def _check_named(name: str, names: tuple[str, ...], layers) -> tuple[Layer, ...]:
+    layers = tuple(layers)
+    for key, layer in zip(names, layers, strict=True):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{name}: child {key!r} must be a Layer, got {type(layer).__name__}")
+    return layers
 
 
 # --- parallel branches ----------------------------------------------------------------
@@ -356,16 +402,54 @@ def fan_in_concat(axis: int = -1, n: int | None = None) -> Layer:
 
 
 def residual(layer: Layer) -> Layer:
-    """Skip connection ``y = x + f(x)``, built from the fan-out/fan-in pieces::
+    """Skip connection ``y = x + f(x)``.
 
-        sequential(fan_out(2), parallel(f, identity()), fan_in_sum(2))
+    ``residual(f)``'s params, state and cache are ``f``'s own (no extra nesting), so a
+    checkpoint or a summary of it shows ``f``. ``f`` must preserve the shape (checked in
+    ``init`` and ``forward``).
 
-    Backward follows from its parts: ``dx = dy + df^T(dy)`` (fan-in copies ``dy`` to both
-    branches, fan-out sums what comes back). ``f`` must preserve the shape.
+    Backward: ``x`` feeds both the sum and ``f`` (a fan-out), and the sum copies ``dy`` to
+    both of its inputs (a fan-in), so::
+
+        dx = dy + df^T(dy),   dparams = dparams_f(dy)
+
+    The same as ``sequential(fan_out(2), parallel(f, identity()), fan_in_sum(2))``, with the
+    params of ``f`` alone. Cache: ``f``'s.
+
+    >>> import jax, jax.numpy as jnp, funcnn as fn
+    >>> block = fn.residual(fn.dense(3))
+    >>> params, shape = block.init(jax.random.PRNGKey(0), (2, 3))
+    >>> sorted(params), shape
+    (['b', 'w'], (2, 3))
     """
-    from funcnn.layers.activations import identity
+    (layer,) = _check_layers("residual", (layer,))
+    wide = as_wide(layer)
 
-    return _chain("residual", (fan_out(2), parallel(layer, identity()), fan_in_sum(2)))
+    def check(x_shape, y_shape):
+        if tuple(y_shape) != tuple(x_shape):
+            raise ValueError(
+                f"residual: the wrapped layer ({layer.name}) must preserve the shape, got input "
+                f"{tuple(x_shape)} -> output {tuple(y_shape)}"
+            )
+
+    def init(key, input_shape):
+        params, state, out_shape = _call_child("residual", 0, layer, wide.init, key, input_shape)
+        check(input_shape, out_shape)
+        return params, state, out_shape
+
+    def forward(params, x, state, ctx):
+        fx, cache, new_state = _call_child(
+            "residual", 0, layer, wide.forward, params, x, state, ctx
+        )
+        check(getattr(x, "shape", ()), getattr(fx, "shape", ()))
+        return x + fx, cache, new_state
+
+    def backward(params, cache, dy):
+        with _inside("residual", "0", layer):
+            dx, grads = layer.backward(params, cache, dy)
+        return _add(dy, dx), grads
+
+    return make_combinator("residual", (layer,), init, forward, backward, empty_state=())
 
 
 # --- recompute ------------------------------------------------------------------------

@@ -104,7 +104,8 @@ def test_residual_adds_identity_gradient(key):
     params, _ = res.init(key, (2, 3))
     x = jax.random.normal(key, (2, 3))
     y, cache = res.forward(params, x)
-    inner_params = params[1][0]
+    inner_params = params  # residual(f)'s params are f's
+    assert sorted(params) == ["b", "w"]
     np.testing.assert_allclose(y, x + inner.forward(inner_params, x)[0], rtol=1e-6)
     dy = jnp.ones((2, 3))
     dx, _ = res.backward(params, cache, dy)

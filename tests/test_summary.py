@@ -49,13 +49,14 @@ def test_rows_name_the_right_layer_with_its_output_shape_at_every_depth():
     report = fn.summary(_model(), (16, 5))
     got = [(r.path, r.depth, r.name, r.output_shape) for r in report.rows]
     assert got[0] == ("", 0, "sequential", (16, 3))
-    assert ("1.1.0.0", 4, "dense", (16, 8)) in got
-    assert ("1.1.0.1", 4, "gelu", (16, 8)) in got
+    # residual(f) holds f itself at "1.0": no fan-out/parallel plumbing rows in between
+    assert ("1.0.0", 3, "dense", (16, 8)) in got
+    assert ("1.0.1", 3, "gelu", (16, 8)) in got
     assert ("4.proj", 2, "dense", (16, 3)) in got  # graph nodes pair with their own layers
     assert ("4.act", 2, "tanh", (16, 3)) in got
     assert ("4.out", 2, "fan_in_sum", (16, 3)) in got
     text = str(report)
-    assert "      1.1.0.0 dense" in text  # indented by depth
+    assert "      1.0.0 dense" in text  # indented by depth
     assert "jax.vjp residuals of the same forward" in text
 
 

@@ -172,8 +172,8 @@ def test_step_in_the_wrong_form_says_which_form_and_why():
     step = train_step(wide, MSE, opt)
     with pytest.raises(
         TypeError,
-        match=r"train_step: sequential is a wide model \(sequential\[1\] > residual\[1\] > "
-        r"parallel\[0\] > sequential\[1\] is dropout\), so its step is step\(params, state, "
+        match=r"train_step: sequential is a wide model \(sequential\[1\] > residual\[0\] > "
+        r"sequential\[1\] is dropout\), so its step is step\(params, state, "
         r"opt_state, x, target, key\) .* got 4 arguments\. The TrainState form",
     ):
         step(params, opt.init(params), x, y)

@@ -84,6 +84,14 @@ CASES = [
     ),
     Case("residual_3d", lambda: fn.residual(fn.dense(3)), (2, 2, 3), ("residual",)),
     Case(
+        "sequential_named",
+        lambda: fn.sequential(
+            encoder=fn.dense(6), act=fn.tanh(), block=fn.residual(fn.dense(6)), head=fn.dense(2)
+        ),
+        (4, 3),
+        ("sequential", "residual"),
+    ),
+    Case(
         "graph_diamond",
         lambda: fn.graph(
             {

@@ -142,6 +142,12 @@ CASES = [
         ("layernorm", "dropout"),
     ),
     Case(
+        "sequential_named_wide",
+        lambda: fn.sequential(body=fn.dense(5), norm=_perturbed(batchnorm()), drop=dropout(0.3)),
+        (6, 3),
+        ("sequential", "batchnorm", "dropout"),
+    ),
+    Case(
         "embedding_then_layernorm",
         lambda: fn.sequential(embedding(9, 4), _perturbed(layernorm())),
         (2, 5),
