@@ -25,7 +25,6 @@ class Case:
       covers: the public factory names this case exercises (for the coverage test).
       make_x: optional ``key -> x`` for inputs that are not standard-normal floats.
       train: mode for wide layers.
-      check_kwargs: tolerance overrides for ``check_grads``.
       randomize: ``(key, params, state) -> (params, state)`` for layers whose params or
         state must satisfy a constraint that :func:`funcnn.check.random_params` (the
         default point of the parity check) does not keep; ``None`` uses the default.
@@ -37,7 +36,6 @@ class Case:
     covers: tuple[str, ...]
     make_x: Callable[[Any], Any] | None = None
     train: bool = True
-    check_kwargs: dict = dataclasses.field(default_factory=dict)
     randomize: Callable[[Any, Any, Any], Any] | None = None
 
 
