@@ -15,7 +15,9 @@ perplexity), beside the unigram baseline. At the end it prints a sample continue
 window of validation text and saves a PNG of the loss curves.
 
 Run:  python examples/char_gpt.py [--steps 600] [--layers 3] [--features 128] [--heads 4]
-      [--seq 64] [--batch 32] [--lr 3e-3] [--memory saved|recompute] [--plot char_gpt.png]
+      [--seq 64] [--batch 32] [--lr 3e-3] [--memory saved|recompute]
+      [--plot examples/char_gpt.png]
+The plot goes beside this script by default (examples/char_gpt.png, ignored by git).
 Needs the `examples` extra for the plot and the bar: matplotlib, tqdm.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import pathlib
 import time
 
 import char_data
@@ -31,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import funcnn as fn
+
+HERE = pathlib.Path(__file__).resolve().parent
 
 
 def parse_args(argv=None):
@@ -49,7 +54,9 @@ def parse_args(argv=None):
     parser.add_argument("--sample-length", type=int, default=300)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", default="char_gpt.png", help="where to save the loss curves")
+    parser.add_argument(
+        "--plot", default=str(HERE / "char_gpt.png"), help="where to save the loss curves"
+    )
     return parser.parse_args(argv)
 
 
@@ -172,7 +179,9 @@ def main(argv=None):
             bpc = bits_per_char(model, loss, ts.params, windows)
             history["valid"].append((i + 1, bpc))
             if hasattr(bar, "set_postfix"):
-                bar.set_postfix(train=f"{history['train'][-1]:.2f}", valid=f"{bpc:.2f}")
+                shown = {"train": f"{history['train'][-1]:.2f}", "valid": f"{bpc:.2f}"}
+                # no redraw: the loop's next step draws these beside this step's count
+                bar.set_postfix(shown, refresh=False)
             else:
                 print(f"step {i + 1}: train {history['train'][-1]:.2f}  valid {bpc:.2f} bits/char")
 

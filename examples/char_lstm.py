@@ -21,6 +21,7 @@ a time with ``lstm_cell`` (the LSTM's params drive the cell), and saves the loss
 
 Run:  python examples/char_lstm.py [--steps 600] [--hidden 192] [--batch 32] [--seq 64]
       [--lr 3e-3] [--clip 1.0] [--seed 0] [--plot examples/char_lstm.png]
+The plot goes beside this script by default (examples/char_lstm.png, ignored by git).
 Needs matplotlib for the plot (and tqdm for the progress bar).
 """
 
@@ -225,6 +226,7 @@ def main():
             history["valid"].append((step + 1, valid_bpc))
             shown["valid_bpc"] = f"{valid_bpc:.2f}"
         if hasattr(bar, "set_postfix"):
+            # no redraw: the loop's next step draws these beside this step's count
             bar.set_postfix(shown, refresh=False)
         elif step + 1 in eval_at:
             print(f"step {step + 1}: " + "  ".join(f"{k}={v}" for k, v in shown.items()))

@@ -9,12 +9,14 @@ Evaluation runs in eval mode (`Ctx(train=False)`): dropout is the identity and b
 uses the running statistics the training steps accumulated.
 
 Run:  python examples/digits_cnn.py [--epochs 40] [--batch-size 32] [--lr 3e-3]
-      [--seed 0] [--plot digits_cnn.png]
-Saves a figure of the learned first-layer filters and the loss curve.
+      [--seed 0] [--plot examples/digits_cnn.png]
+Saves a figure of the learned first-layer filters and the loss curve, by default beside
+this script (examples/digits_cnn.png, ignored by git).
 Needs the `examples` extra: scikit-learn, matplotlib (and tqdm for the bar).
 """
 
 import argparse
+import pathlib
 import time
 
 import jax
@@ -23,6 +25,8 @@ from digits_common import load_data, progress
 
 import funcnn as fn
 
+HERE = pathlib.Path(__file__).resolve().parent
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,7 +34,9 @@ def parse_args():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", default="digits_cnn.png", help="where to save the figure")
+    parser.add_argument(
+        "--plot", default=str(HERE / "digits_cnn.png"), help="where to save the figure"
+    )
     return parser.parse_args()
 
 
@@ -96,7 +102,8 @@ def main():
             values.append(value)
         epoch_losses.append(float(np.mean(values)))
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
+            # no redraw: the loop's next step draws these beside this step's count
+            bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}", refresh=False)
 
     test = fn.train.evaluate(model, loss, params, x_test, y_test, state)
     save_figure(np.asarray(params[0]["w"]), epoch_losses, args.plot)

@@ -29,7 +29,13 @@ def load_data(seed, images=False):
 
 
 def progress(epochs):
-    """A tqdm bar over the epochs if tqdm is installed, else a plain range."""
+    """A tqdm bar over the epochs if tqdm is installed, else a plain range.
+
+    Iterated, the bar counts an epoch when the loop asks for the next one, so an epoch's
+    numbers are set with ``set_postfix(..., refresh=False)``: the advance that follows
+    draws them beside that epoch's count (a refreshing ``set_postfix`` would draw them
+    beside the previous epoch's count).
+    """
     try:
         from tqdm import trange
     except ImportError:

@@ -9,11 +9,13 @@ with statistics of the training split, train with a progress bar over the epochs
 print the test accuracy and save a plot of the loss and accuracy curves.
 
 Run:  python examples/digits_mlp.py [--epochs 30] [--batch-size 64] [--lr 1e-3]
-      [--seed 0] [--plot digits_mlp.png]
+      [--seed 0] [--plot examples/digits_mlp.png]
+The plot goes beside this script by default (examples/digits_mlp.png, ignored by git).
 Needs the `examples` extra: scikit-learn, matplotlib (and tqdm for the bar).
 """
 
 import argparse
+import pathlib
 import time
 
 import jax
@@ -22,6 +24,8 @@ from digits_common import load_data, progress
 
 import funcnn as fn
 
+HERE = pathlib.Path(__file__).resolve().parent
+
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,7 +33,9 @@ def parse_args():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", default="digits_mlp.png", help="where to save the curves")
+    parser.add_argument(
+        "--plot", default=str(HERE / "digits_mlp.png"), help="where to save the curves"
+    )
     return parser.parse_args()
 
 
@@ -100,7 +106,8 @@ def main():
         history["test_accuracy"].append(test["accuracy"])
         shown = {"loss": f"{train_loss:.4f}", "test_acc": f"{test['accuracy']:.4f}"}
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(shown)
+            # no redraw: the loop's next step draws these beside this step's count
+            bar.set_postfix(shown, refresh=False)
         else:
             print(f"epoch {epoch + 1}: " + "  ".join(f"{k}={v}" for k, v in shown.items()))
 

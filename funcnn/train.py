@@ -536,15 +536,25 @@ class FitResult(NamedTuple):
 
 
 def _progress(epochs: int, show: bool):
-    """An epoch iterator with a tqdm bar when tqdm is installed (it is optional)."""
+    """A tqdm bar of ``epochs`` steps when tqdm is installed (it is optional), else None.
+
+    The bar is advanced by hand (:func:`_advance`), not iterated: a bar that wraps the
+    epoch range counts an epoch only when the loop asks for the next one, so the postfix
+    set at the end of epoch ``n`` would be drawn beside the count ``n - 1``.
+    """
     if show:
         try:
             from tqdm import tqdm
         except ImportError:
-            pass
-        else:
-            return tqdm(range(epochs), desc="fit", unit="epoch")
-    return range(epochs)
+            return None
+        return tqdm(total=epochs, desc="fit", unit="epoch")
+    return None
+
+
+def _advance(bar, numbers: dict[str, str]) -> None:
+    """End of an epoch: its numbers (no redraw), then the count (one redraw of both)."""
+    bar.set_postfix(numbers, refresh=False)
+    bar.update(1)
 
 
 def fit(
@@ -603,7 +613,7 @@ def fit(
 
     history: dict[str, list[float]] = {"loss": []}
     bar = _progress(epochs, progress)
-    for epoch in bar:
+    for epoch in range(epochs):
         key, shuffle_key = jax.random.split(key)
         losses = []
         for xb, yb in batches(shuffle_key, x, y, batch_size, drop_last=True):
@@ -622,10 +632,12 @@ def fit(
                 history.setdefault("val_accuracy", []).append(val["accuracy"])
 
         latest = {name: values[-1] for name, values in history.items()}
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix({name: f"{v:.4f}" for name, v in latest.items()})
+        if bar is not None:
+            _advance(bar, {name: f"{v:.4f}" for name, v in latest.items()})
         elif progress:
             shown = "  ".join(f"{name}={v:.4f}" for name, v in latest.items())
             print(f"epoch {epoch + 1}/{epochs}  {shown}")
+    if bar is not None:
+        bar.close()
 
     return FitResult(params, state, opt_state, history)

@@ -1,7 +1,10 @@
 """funcnn.train: value_and_grad vs jax.value_and_grad, the jitted step, batching, evaluate, fit."""
 
 import dataclasses
+import re
 import sys
+import types
+import typing
 import warnings
 
 import jax
@@ -389,4 +392,62 @@ def test_fit_with_tqdm(capsys):
     params, _ = model.init(jax.random.PRNGKey(0), x.shape)
     result = fit(model, CE, optim.sgd(0.1), params, x, y, key=jax.random.PRNGKey(1), epochs=2)
     assert len(result.history["loss"]) == 2
-    assert "fit" in capsys.readouterr().err  # the bar goes to stderr
+    err = capsys.readouterr().err  # the bar goes to stderr
+    assert "fit" in err
+    # every frame drawn with numbers shows epoch n's loss beside the count n
+    frames = re.findall(r"\b(\d)/2\b[^\r\n]*?loss=([\d.]+)", err)
+    assert frames and frames[-1][0] == "2", err
+    for n, value in frames:
+        assert value == f"{result.history['loss'][int(n) - 1]:.4f}", err
+
+
+class _RecordingBar:
+    """A stand-in for ``tqdm.tqdm`` that records ``(count, postfix)`` at every redraw a
+    real bar would make: when built, on ``update``, on ``set_postfix`` with ``refresh``,
+    on ``close``, and after each item when iterated (tqdm counts an item when the loop
+    asks for the next one)."""
+
+    draws: typing.ClassVar[list] = []
+
+    def __init__(self, iterable=None, total=None, **kwargs):
+        self.iterable, self.n, self.postfix = iterable, 0, {}
+        self._draw()
+
+    def _draw(self):
+        _RecordingBar.draws.append((self.n, dict(self.postfix)))
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.n += 1
+            self._draw()
+        self.close()
+
+    def update(self, n=1):
+        self.n += n
+        self._draw()
+
+    def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+        self.postfix = {**(ordered_dict or {}), **kwargs}
+        if refresh:
+            self._draw()
+
+    def close(self):
+        self._draw()
+
+
+def test_fit_bar_count_and_postfix_describe_the_same_epoch(monkeypatch):
+    fake = types.ModuleType("tqdm")
+    fake.tqdm = _RecordingBar
+    monkeypatch.setitem(sys.modules, "tqdm", fake)
+    monkeypatch.setattr(_RecordingBar, "draws", [])
+    x, y = blobs(30)
+    model = fn.dense(3)
+    params, _ = model.init(jax.random.PRNGKey(0), x.shape)
+    result = fit(model, CE, optim.sgd(0.1), params, x, y, key=jax.random.PRNGKey(1), epochs=3)
+    draws = _RecordingBar.draws
+    assert draws[0] == (0, {}) and draws[-1][0] == 3
+    assert {n for n, _ in draws} == {0, 1, 2, 3}
+    for n, postfix in draws[1:]:  # every redraw: epoch n's count beside epoch n's numbers
+        assert n >= 1 and postfix["loss"] == f"{result.history['loss'][n - 1]:.4f}", draws
+        assert postfix["accuracy"] == f"{result.history['accuracy'][n - 1]:.4f}", draws
