@@ -63,7 +63,8 @@ def test_named_sequential_errors_use_the_names():
 def test_residual_params_state_and_summary_are_the_child_s():
     f = fn.sequential(fn.dense(4), fn.batchnorm())
     params, state, shape = fn.init_layer(fn.residual(f), jax.random.PRNGKey(0), (6, 4))
-    p_f, s_f, _ = fn.init_layer(f, jax.random.PRNGKey(0), (6, 4))
+    p_f, s_f, f_shape = fn.init_layer(f, jax.random.PRNGKey(0), (6, 4))
+    assert shape == f_shape == (6, 4)
     assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(p_f)
     assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(s_f)
     np.testing.assert_array_equal(params[0]["w"], p_f[0]["w"])
