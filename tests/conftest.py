@@ -32,3 +32,10 @@ if os.environ.get("FUNCNN_JAX_CACHE", "1") != "0":
 @pytest.fixture
 def key():
     return jax.random.PRNGKey(0)
+
+
+def pytest_collection_modifyitems(items):
+    """Docstring examples run in the full suite only: each compiles its own programs."""
+    for item in items:
+        if isinstance(item, pytest.DoctestItem):
+            item.add_marker(pytest.mark.slow)

@@ -13,6 +13,9 @@ import conv_kernel_grad
 import gpt
 import pooling
 
+# Left out of the quick subset (tests/README.md): the benchmarks compile full-size models.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("shape", [(4, 6, 3, 32, 3, 1), (4, 7, 2, 32, 3, 2), (2, 5, 3, 32, 1, 1)])
 def test_conv_kernel_grad_formulations_agree(shape):

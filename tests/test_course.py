@@ -11,6 +11,9 @@ import re
 import jax
 import pytest
 
+# Left out of the quick subset (tests/README.md): every course page runs end to end.
+pytestmark = pytest.mark.slow
+
 COURSE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "course"
 PAGES = sorted(COURSE.glob("*.md"))
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)

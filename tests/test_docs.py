@@ -23,6 +23,9 @@ import textwrap
 import jax
 import pytest
 
+# Left out of the quick subset (tests/README.md): every docs snippet runs and compiles.
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A fenced block (any indentation, e.g. inside a list) or a hidden setup comment.
 CHUNK = re.compile(

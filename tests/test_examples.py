@@ -7,6 +7,9 @@ import sys
 
 import pytest
 
+# Left out of the quick subset (tests/README.md): the examples train for real: minutes of CPU.
+pytestmark = pytest.mark.slow
+
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 

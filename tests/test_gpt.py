@@ -24,6 +24,9 @@ import funcnn as fn
 from funcnn.check import random_params
 from funcnn.combinators import Tied
 
+# Left out of the quick subset (tests/README.md): a GPT against plain JAX, float64 and float32.
+pytestmark = pytest.mark.slow
+
 VOCAB, LAYERS, HEADS, FEATURES, T, BATCH = 11, 2, 2, 16, 8, 3
 EPS = 1e-5
 

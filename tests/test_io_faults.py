@@ -21,6 +21,9 @@ import importlib.util, json, os, signal, sys, time
 import numpy as np
 import ml_dtypes
 
+# Left out of the quick subset (tests/README.md): kills writer processes mid-save.
+pytestmark = pytest.mark.slow
+
 args = json.loads(sys.argv[1])
 signal.alarm(args["alarm"])  # a hard limit of its own, children included (they are killed)
 spec = importlib.util.spec_from_file_location("funcnn_io_under_test", args["io"])
