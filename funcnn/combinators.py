@@ -23,15 +23,13 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from funcnn.core import (
-    Ctx,
-    Layer,
-    Static,
-    as_wide,
+from funcnn.core import Ctx, Layer, Static, as_wide, make_combinator
+from funcnn.validation import (
     check_children,
     check_input_shape,
+    check_int,
     check_no_params,
-    make_combinator,
+    check_positive_int,
 )
 
 
@@ -281,8 +279,7 @@ def fan_out(n: int) -> Layer:
 
     Cache: nothing.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"fan_out: n must be a positive int, got {n!r}")
+    n = check_positive_int("fan_out", "n", n)
 
     def init(key, input_shape):
         return (), (input_shape,) * n
@@ -322,6 +319,7 @@ def fan_in_sum(n: int | None = None) -> Layer:
 
     Shapes must agree exactly (no silent broadcasting). Cache: nothing.
     """
+    n = None if n is None else check_positive_int("fan_in_sum", "n (or None)", n)
 
     def check(shapes):
         if any(s != shapes[0] for s in shapes):
@@ -358,6 +356,13 @@ def fan_in_concat(axis: int = -1, n: int | None = None) -> Layer:
     Backward: each input occupies its own slice of ``y``, so ``dy`` is split at the same
     offsets: ``dx_i = dy[..., o_i : o_i + d_i, ...]``. Cache: the sizes ``d_i`` (static).
     """
+    axis = check_int("fan_in_concat", "axis", axis)
+    if axis == 0:
+        raise ValueError(
+            "fan_in_concat: axis must not be the batch axis 0 (use a positive axis, or a "
+            "negative one counted from the end), got 0"
+        )
+    n = None if n is None else check_positive_int("fan_in_concat", "n (or None)", n)
 
     def check(shapes):
         ndim = len(shapes[0])

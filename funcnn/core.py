@@ -33,6 +33,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The argument checks live in funcnn.validation (one module, one exception policy); they
+# stay importable from here, where layers have always found them.
+from funcnn.validation import (  # noqa: F401
+    check_array,
+    check_children,
+    check_float,
+    check_input_shape,
+    check_no_params,
+    check_param_tree,
+    check_params,
+    check_positive_int,
+    describe,
+    is_shape,
+)
+
 Array = jax.Array
 PyTree = Any
 Shape = tuple[int, ...]
@@ -288,103 +303,3 @@ def fold_leading_axes(a: Array) -> Array:
     """Fold every axis but the last into one: ``(..., d) -> (m, d)``, so that a sum over
     batch (and sequence, spatial) positions is one matrix product or one column sum."""
     return a.reshape(-1, a.shape[-1])
-
-
-# --- validation helpers shared by every layer ------------------------------------------
-
-
-def _describe(value) -> str:
-    shape = getattr(value, "shape", None)
-    if shape is not None:
-        return f"array of shape {tuple(shape)} and dtype {getattr(value, 'dtype', '?')}"
-    return f"{type(value).__name__} {value!r}"
-
-
-def check_array(name: str, what: str, x, *, min_ndim: int = 0, ndim: int | None = None):
-    """Check that ``x`` is an array of the expected rank; return its shape.
-
-    Raises ``TypeError`` for non-arrays and ``ValueError`` for a wrong rank, naming the
-    layer (``name``) and the argument (``what``).
-    """
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name}: {what} must be an array, got {_describe(x)}")
-    if ndim is not None and x.ndim != ndim:
-        raise ValueError(
-            f"{name}: {what} must have {ndim} axes, got shape {tuple(x.shape)} ({x.ndim} axes)"
-        )
-    if x.ndim < min_ndim:
-        raise ValueError(
-            f"{name}: {what} must have at least {min_ndim} axes, "
-            f"got shape {tuple(x.shape)} ({x.ndim} axes)"
-        )
-    return tuple(x.shape)
-
-
-def check_float(name: str, what: str, x):
-    """Check that ``x`` is a floating-point array (integer inputs get no gradient)."""
-    check_array(name, what, x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name}: {what} must be a floating-point array, got dtype {x.dtype}")
-
-
-def check_params(name: str, params, expected: dict[str, Shape]):
-    """Check that ``params`` is a dict with exactly the expected keys and shapes.
-
-    ``expected`` maps each key to its shape. Raises ``TypeError`` for a wrong structure
-    and ``ValueError`` for a wrong shape, naming the layer, the key and both shapes.
-    """
-    if not isinstance(params, dict) or set(params) != set(expected):
-        got = sorted(params) if isinstance(params, dict) else _describe(params)
-        raise TypeError(
-            f"{name}: params must be a dict with keys {sorted(expected)}, got {got}. "
-            f"Use the params returned by this layer's init."
-        )
-    for key, shape in expected.items():
-        got = tuple(getattr(params[key], "shape", ()))
-        if got != tuple(shape):
-            raise ValueError(
-                f"{name}: params[{key!r}] must have shape {tuple(shape)} for this input, got {got}"
-            )
-
-
-def check_no_params(name: str, params):
-    """Parameter-free layers take ``params == ()``."""
-    if params != ():
-        raise TypeError(
-            f"{name}: this layer has no parameters; params must be (), got {_describe(params)}"
-        )
-
-
-def check_children(name: str, what: str, values, n: int):
-    """Check that a multi-input/-branch value is a tuple/list of length ``n``."""
-    if not isinstance(values, (tuple, list)) or len(values) != n:
-        got = (
-            f"{type(values).__name__} of length {len(values)}"
-            if isinstance(values, (tuple, list))
-            else _describe(values)
-        )
-        raise ValueError(f"{name}: expected a tuple of {n} {what}, got {got}")
-
-
-def is_shape(s) -> bool:
-    """Whether ``s`` is a single shape (a tuple of ints) rather than a tuple of shapes."""
-    return isinstance(s, (tuple, list)) and all(isinstance(d, int) for d in s)
-
-
-def check_input_shape(name: str, input_shape, *, min_ndim: int = 1) -> Shape:
-    """Validate an ``init`` input shape (a tuple of ints including the batch axis)."""
-    if not is_shape(input_shape):
-        raise TypeError(f"{name}: input_shape must be a tuple of ints, got {input_shape!r}")
-    if len(input_shape) < min_ndim:
-        raise ValueError(
-            f"{name}: input_shape must have at least {min_ndim} axes "
-            f"(including the batch axis), got {tuple(input_shape)}"
-        )
-    return tuple(int(d) for d in input_shape)
-
-
-def check_positive_int(name: str, what: str, value) -> int:
-    """Validate a hyperparameter that must be a positive int (factories call this at once)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}: {what} must be a positive int, got {value!r}")
-    return value

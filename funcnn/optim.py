@@ -33,13 +33,14 @@ Array([ 0.95, -2.05], dtype=float32)
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from funcnn.validation import check_int, check_number, describe
 
 Array = jax.Array
 PyTree = Any
@@ -116,34 +117,15 @@ class AdamState(NamedTuple):
 # --- validation ------------------------------------------------------------------------
 
 
-def _check_number(name: str, what: str, value, *, low=None, high=None, high_open=False):
-    """A real number in ``[low, high]`` (or ``[low, high)``); raises naming the optimizer."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: {what} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    bad = not math.isfinite(value)
-    bad = bad or (low is not None and value < low)
-    bad = bad or (high is not None and (value >= high if high_open else value > high))
-    if bad:
-        if low is not None and high is not None:
-            rule = f"in [{low}, {high}{')' if high_open else ']'}"
-        elif low is not None:
-            rule = f">= {low}"
-        else:
-            rule = "finite"
-        raise ValueError(f"{name}: {what} must be {rule}, got {value}")
-    return value
-
-
 def _check_lr(name: str, learning_rate) -> ScalarOrSchedule:
     if callable(learning_rate):
         return learning_rate
     if isinstance(learning_rate, bool) or not isinstance(learning_rate, numbers.Real):
         raise TypeError(
             f"{name}: learning_rate must be a float or a schedule (step -> lr), "
-            f"got {type(learning_rate).__name__} {learning_rate!r}"
+            f"got {describe(learning_rate)}"
         )
-    return _check_number(name, "learning_rate", learning_rate, low=0.0)
+    return check_number(name, "learning_rate", learning_rate, low=0)
 
 
 def _lr_at(learning_rate: ScalarOrSchedule, count: Array):
@@ -203,8 +185,8 @@ def sgd(
     Array([-0.1], dtype=float32)
     """
     learning_rate = _check_lr("sgd", learning_rate)
-    momentum = _check_number("sgd", "momentum", momentum, low=0.0)
-    weight_decay = _check_number("sgd", "weight_decay", weight_decay, low=0.0)
+    momentum = check_number("sgd", "momentum", momentum, low=0.0)
+    weight_decay = check_number("sgd", "weight_decay", weight_decay, low=0.0)
     if nesterov and momentum == 0:
         raise ValueError("sgd: nesterov=True needs momentum > 0, got momentum=0.0")
 
@@ -259,10 +241,10 @@ def rmsprop(
     State: :class:`RmspropState`.
     """
     learning_rate = _check_lr("rmsprop", learning_rate)
-    decay = _check_number("rmsprop", "decay", decay, low=0.0, high=1.0)
-    eps = _check_number("rmsprop", "eps", eps, low=0.0)
-    momentum = _check_number("rmsprop", "momentum", momentum, low=0.0)
-    weight_decay = _check_number("rmsprop", "weight_decay", weight_decay, low=0.0)
+    decay = check_number("rmsprop", "decay", decay, low=0.0, high=1.0)
+    eps = check_number("rmsprop", "eps", eps, low=0.0)
+    momentum = check_number("rmsprop", "momentum", momentum, low=0.0)
+    weight_decay = check_number("rmsprop", "weight_decay", weight_decay, low=0.0)
 
     def init(params):
         return RmspropState(
@@ -297,10 +279,10 @@ def rmsprop(
 
 def _adam(name, learning_rate, b1, b2, eps, weight_decay, decoupled) -> GradientTransformation:
     learning_rate = _check_lr(name, learning_rate)
-    b1 = _check_number(name, "b1", b1, low=0.0, high=1.0, high_open=True)
-    b2 = _check_number(name, "b2", b2, low=0.0, high=1.0, high_open=True)
-    eps = _check_number(name, "eps", eps, low=0.0)
-    weight_decay = _check_number(name, "weight_decay", weight_decay, low=0.0)
+    b1 = check_number(name, "b1", b1, low=0.0, high=1.0, high_open=True)
+    b2 = check_number(name, "b2", b2, low=0.0, high=1.0, high_open=True)
+    eps = check_number(name, "eps", eps, low=0.0)
+    weight_decay = check_number(name, "weight_decay", weight_decay, low=0.0)
 
     def init(params):
         return AdamState(_count(), _zeros_like(params), _zeros_like(params))
@@ -435,9 +417,7 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
     ``updates * max_norm / max(norm, max_norm)``: unchanged when the norm is within the
     bound, the direction kept when it is not. Stateless (:class:`EmptyState`).
     """
-    max_norm = _check_number("clip_by_global_norm", "max_norm", max_norm, low=0.0)
-    if max_norm == 0:
-        raise ValueError("clip_by_global_norm: max_norm must be > 0, got 0.0")
+    max_norm = check_number("clip_by_global_norm", "max_norm", max_norm, low=0, low_open=True)
 
     def init(params):
         return EmptyState()
@@ -464,7 +444,7 @@ def _step(step):
 
 def constant_schedule(value: float) -> Schedule:
     """``lr(step) = value``."""
-    value = _check_number("constant_schedule", "value", value, low=0.0)
+    value = check_number("constant_schedule", "value", value, low=0.0)
     return lambda step: jnp.full_like(_step(step), value)
 
 
@@ -481,10 +461,8 @@ def exponential_decay(
     >>> [float(sched(s)) for s in (0, 9, 10, 25)]
     [1.0, 1.0, 0.5, 0.25]
     """
-    init_value = _check_number("exponential_decay", "init_value", init_value, low=0.0)
-    decay_rate = _check_number("exponential_decay", "decay_rate", decay_rate, low=0.0)
-    if decay_rate == 0:
-        raise ValueError("exponential_decay: decay_rate must be > 0, got 0.0")
+    init_value = check_number("exponential_decay", "init_value", init_value, low=0.0)
+    decay_rate = check_number("exponential_decay", "decay_rate", decay_rate, low=0, low_open=True)
     _check_steps("exponential_decay", "transition_steps", transition_steps, positive=True)
 
     def schedule(step):
@@ -507,9 +485,9 @@ def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.
     >>> [round(float(sched(s)), 6) for s in (0, 50, 100, 150)]
     [1.0, 0.5, 0.0, 0.0]
     """
-    init_value = _check_number("cosine_decay_schedule", "init_value", init_value, low=0.0)
+    init_value = check_number("cosine_decay_schedule", "init_value", init_value, low=0.0)
     _check_steps("cosine_decay_schedule", "decay_steps", decay_steps, positive=True)
-    alpha = _check_number("cosine_decay_schedule", "alpha", alpha, low=0.0, high=1.0)
+    alpha = check_number("cosine_decay_schedule", "alpha", alpha, low=0.0, high=1.0)
 
     def schedule(step):
         s = jnp.minimum(_step(step), decay_steps)
@@ -537,9 +515,9 @@ def warmup_cosine_decay_schedule(
     [0.0, 0.5, 1.0, 0.5, 0.0, 0.0]
     """
     name = "warmup_cosine_decay_schedule"
-    init_value = _check_number(name, "init_value", init_value, low=0.0)
-    peak_value = _check_number(name, "peak_value", peak_value, low=0.0)
-    end_value = _check_number(name, "end_value", end_value, low=0.0)
+    init_value = check_number(name, "init_value", init_value, low=0.0)
+    peak_value = check_number(name, "peak_value", peak_value, low=0.0)
+    end_value = check_number(name, "end_value", end_value, low=0.0)
     _check_steps(name, "warmup_steps", warmup_steps, positive=False)
     _check_steps(name, "decay_steps", decay_steps, positive=True)
     if decay_steps <= warmup_steps:
@@ -560,8 +538,4 @@ def warmup_cosine_decay_schedule(
 
 
 def _check_steps(name: str, what: str, value, *, positive: bool) -> int:
-    low = 1 if positive else 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        rule = "a positive int" if positive else "an int >= 0"
-        raise ValueError(f"{name}: {what} must be {rule}, got {value!r}")
-    return value
+    return check_int(name, what, value, low=1 if positive else 0)

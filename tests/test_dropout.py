@@ -136,9 +136,15 @@ def test_sibling_dropouts_get_different_keys():
     )
 
 
-@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5, math.nan, True, "0.5", None])
-def test_bad_rate_is_rejected_at_once(rate):
-    with pytest.raises(ValueError, match=r"dropout: rate \(the probability of dropping\).*got"):
+@pytest.mark.parametrize(
+    "rate, error",
+    [
+        *[(-0.1, ValueError), (1.0, ValueError), (1.5, ValueError), (math.nan, ValueError)],
+        *[(True, TypeError), ("0.5", TypeError), (None, TypeError)],
+    ],
+)
+def test_bad_rate_is_rejected_at_once(rate, error):
+    with pytest.raises(error, match=r"dropout: rate \(the probability of dropping\).*got"):
         dropout(rate)
 
 

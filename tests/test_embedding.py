@@ -130,7 +130,9 @@ def test_non_integer_ids_raise_type_error(dtype):
 def test_factory_and_shape_errors():
     with pytest.raises(ValueError, match="embedding: vocab must be a positive int, got 0"):
         embedding(0, 3)
-    with pytest.raises(ValueError, match=r"embedding: features must be a positive int, got 2\.5"):
+    with pytest.raises(
+        TypeError, match=r"embedding: features must be a positive int, got float 2\.5"
+    ):
         embedding(4, 2.5)
     with pytest.raises(ValueError, match=r"embedding: input_shape must have at least 1 axes"):
         embedding(4, 2).init(jax.random.PRNGKey(0), ())

@@ -13,14 +13,15 @@ from collections.abc import Callable
 import jax.numpy as jnp
 from jax.scipy.special import erf
 
-from funcnn.core import (
-    Layer,
-    Static,
+from funcnn.core import Layer, Static, pack_uints, unpack_uints
+from funcnn.validation import (
+    check_bool,
+    check_cotangent,
     check_float,
     check_input_shape,
+    check_int,
     check_no_params,
-    pack_uints,
-    unpack_uints,
+    check_number,
 )
 
 
@@ -31,7 +32,9 @@ def _activation(
 ) -> Layer:
     """A parameter-free, shape-preserving layer.
 
-    ``forward_fn: x -> (y, cache)`` and ``backward_fn: (cache, dy) -> dx``.
+    ``forward_fn: x -> (y, cache)`` and ``backward_fn: (cache, dy) -> dx``. Every cache
+    here knows the output's shape (an array of it, a packed mask, or ``Static(shape)``),
+    so ``backward`` refuses a ``dy`` of another shape before it can be broadcast.
     """
 
     def init(key, input_shape):
@@ -43,14 +46,24 @@ def _activation(
         return forward_fn(x)
 
     def backward(params, cache, dy):
+        check_cotangent(name, dy, _shape_of(cache))
         return backward_fn(cache, dy), ()
 
     return Layer(init, forward, backward, name=name)
 
 
+def _shape_of(cache) -> tuple[int, ...]:
+    """The output shape an activation's cache implies (the shape of ``x`` and ``y``)."""
+    if isinstance(cache, Static):  # identity: the shape itself
+        return cache.value
+    if isinstance(cache, tuple):  # a packed mask: (bytes, Static((shape, bits)))
+        return cache[1].value[0]
+    return tuple(cache.shape)  # x or y
+
+
 def identity() -> Layer:
-    """``y = x``. Backward: ``dx = dy``. Cache: nothing."""
-    return _activation("identity", lambda x: (x, ()), lambda cache, dy: dy)
+    """``y = x``. Backward: ``dx = dy``. Cache: the input shape (static, no array)."""
+    return _activation("identity", lambda x: (x, Static(tuple(x.shape))), lambda cache, dy: dy)
 
 
 def relu() -> Layer:
@@ -58,7 +71,10 @@ def relu() -> Layer:
 
     Backward: ``dx = dy * [x > 0]`` (the derivative at 0 is taken as 0, as PyTorch does).
 
-    Cache: the mask ``x > 0`` packed eight elements per byte, 1/32 of a float32 input's
+    NaN propagates: ``relu(nan)`` is ``nan`` and its ``dx`` is ``dy`` (PyTorch's rule: the
+    mask is ``not x <= 0``), so a NaN is never hidden behind a 0.
+
+    Cache: the mask ``not x <= 0`` packed eight elements per byte, 1/32 of a float32 input's
     bytes (autodiff keeps a float array here).
 
     >>> import jax.numpy as jnp, funcnn as fn
@@ -69,7 +85,7 @@ def relu() -> Layer:
     """
 
     def forward(x):
-        mask = x > 0
+        mask = ~(x <= 0)  # True for x > 0 and for NaN, which passes through
         return jnp.where(mask, x, 0), pack_mask(mask)
 
     return _activation("relu", forward, lambda packed, dy: jnp.where(unpack_mask(packed), dy, 0))
@@ -78,14 +94,15 @@ def relu() -> Layer:
 def leaky_relu(negative_slope: float = 0.01) -> Layer:
     """``y = x`` for ``x > 0``, else ``negative_slope * x``.
 
-    Backward: ``dx = dy * (1 if x > 0 else negative_slope)``.
+    Backward: ``dx = dy * (1 if x > 0 else negative_slope)``. NaN propagates, as in
+    :func:`relu`.
 
-    Cache: the mask ``x > 0``, packed eight elements per byte.
+    Cache: the mask ``not x <= 0``, packed eight elements per byte.
     """
-    _check_number("leaky_relu", "negative_slope", negative_slope)
+    negative_slope = check_number("leaky_relu", "negative_slope", negative_slope)
 
     def forward(x):
-        mask = x > 0
+        mask = ~(x <= 0)
         return jnp.where(mask, x, negative_slope * x), pack_mask(mask)
 
     def backward(packed, dy):
@@ -114,8 +131,7 @@ def elu(alpha: float = 1.0) -> Layer:
 
     Cache: ``y``.
     """
-    if not _check_number("elu", "alpha", alpha) > 0:
-        raise ValueError(f"elu: alpha must be positive, got {alpha!r}")
+    alpha = check_number("elu", "alpha", alpha, low=0.0, low_open=True)
     return _scaled_elu("elu", 1.0, alpha)
 
 
@@ -162,30 +178,45 @@ def gelu(approximate: bool = False) -> Layer:
     and the backward multiplies ``dy`` by
     ``0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 * 0.044715 x^2)``.
 
+    float16 and bfloat16 inputs are computed in float32 and rounded back (as PyTorch
+    does): in float16 ``x^3`` and ``x^2`` overflow from ``|x| = 256`` on, and the tanh
+    form's derivative would be ``0 * inf = nan``.
+
     Cache: ``x``.
     """
+    approximate = check_bool("gelu", "approximate", approximate)
     if approximate:
 
         def forward(x):
-            u = _SQRT_2_OVER_PI * (x + 0.044715 * x**3)
-            return 0.5 * x * (1 + jnp.tanh(u)), x
+            xf = _wide(x)
+            u = _SQRT_2_OVER_PI * (xf + 0.044715 * xf**3)
+            return (0.5 * xf * (1 + jnp.tanh(u))).astype(x.dtype), x
 
         def backward(x, dy):
-            t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
-            du_dx = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * x**2)
-            return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t**2) * du_dx)
+            xf = _wide(x)
+            t = jnp.tanh(_SQRT_2_OVER_PI * (xf + 0.044715 * xf**3))
+            du_dx = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * xf**2)
+            slope = 0.5 * (1 + t) + 0.5 * xf * (1 - t**2) * du_dx
+            return dy * slope.astype(x.dtype)
 
     else:
 
         def forward(x):
-            return 0.5 * x * (1 + erf(x * _INV_SQRT_2)), x
+            xf = _wide(x)
+            return (0.5 * xf * (1 + erf(xf * _INV_SQRT_2))).astype(x.dtype), x
 
         def backward(x, dy):
-            cdf = 0.5 * (1 + erf(x * _INV_SQRT_2))
-            pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * x**2)
-            return dy * (cdf + x * pdf)
+            xf = _wide(x)
+            cdf = 0.5 * (1 + erf(xf * _INV_SQRT_2))
+            pdf = _INV_SQRT_2PI * jnp.exp(-0.5 * xf**2)
+            return dy * (cdf + xf * pdf).astype(x.dtype)
 
     return _activation("gelu", forward, backward)
+
+
+def _wide(x):
+    """``x`` in at least float32: half-precision math overflows in polynomial terms."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _sigmoid(x):
@@ -249,7 +280,7 @@ def softmax(axis: int = -1) -> Layer:
 
     Cache: ``y``.
     """
-    _check_int("softmax", "axis", axis)
+    axis = check_int("softmax", "axis", axis)
 
     def forward(x):
         _check_axis("softmax", x, axis)
@@ -268,7 +299,7 @@ def log_softmax(axis: int = -1) -> Layer:
 
     Backward: ``dx = dy - exp(y) * sum(dy, axis)`` (``exp(y)`` is the softmax). Cache: ``y``.
     """
-    _check_int("log_softmax", "axis", axis)
+    axis = check_int("log_softmax", "axis", axis)
 
     def forward(x):
         _check_axis("log_softmax", x, axis)
@@ -285,15 +316,3 @@ def log_softmax(axis: int = -1) -> Layer:
 def _check_axis(name: str, x, axis: int):
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{name}: axis {axis} is out of range for input of shape {tuple(x.shape)}")
-
-
-def _check_number(name: str, what: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: {what} must be a number, got {value!r}")
-    return value
-
-
-def _check_int(name: str, what: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: {what} must be an int, got {value!r}")
-    return value

@@ -25,21 +25,24 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcnn.core import (
-    Layer,
-    along_last_axis,
+from funcnn.core import Layer, along_last_axis
+from funcnn.initializers import Initializer, glorot_normal, zeros
+from funcnn.validation import (
+    check_cotangent,
     check_float,
     check_input_shape,
+    check_int_tuple,
+    check_param_tree,
     check_params,
     check_positive_int,
+    parse_padding,
+    same_padding,
 )
-from funcnn.initializers import Initializer, glorot_normal, zeros
 
 # The configuration that kills the interpreter when jax.vjp differentiates
 # lax.conv_general_dilated on CPU with jax 0.10.2 (tests/test_conv.py runs it through our
@@ -47,64 +50,11 @@ from funcnn.initializers import Initializer, glorot_normal, zeros
 #   x (2, 3, 4, 4) NHWC, kernel (3, 2, 4, 1) HWIO, stride (2, 2), padding ((2, 1), (1, 1)).
 # When it happens and why our backward avoids it: docs/layers/conv.md, "The XLA:CPU trap".
 
-# --- hyperparameter normalization -------------------------------------------------------
-
-
-def _int_tuple(name: str, what: str, value, nd: int, *, minimum: int = 1) -> tuple[int, ...]:
-    """An int or a sequence of ``nd`` ints, each ``>= minimum``, as a tuple of ``nd`` ints."""
-    values = (value,) * nd if isinstance(value, int) and not isinstance(value, bool) else value
-    ok = (
-        isinstance(values, Sequence)
-        and len(values) == nd
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values)
-    )
-    if not ok:
-        bound = "positive" if minimum == 1 else f">= {minimum}"
-        raise ValueError(
-            f"{name}: {what} must be a {bound} int or a tuple of {nd} such ints "
-            f"(one per spatial axis), got {value!r}"
-        )
-    return tuple(values)
-
-
-def _padding_spec(name: str, padding, nd: int):
-    """Normalize ``padding`` to ``"SAME"`` or a tuple of ``nd`` ``(low, high)`` pairs."""
-    if isinstance(padding, str):
-        if padding.upper() == "VALID":
-            return ((0, 0),) * nd
-        if padding.upper() == "SAME":
-            return "SAME"
-    elif isinstance(padding, int) and not isinstance(padding, bool) and padding >= 0:
-        return ((padding, padding),) * nd
-    elif isinstance(padding, Sequence) and len(padding) == nd:
-        pairs = []
-        for entry in padding:
-            if isinstance(entry, int) and not isinstance(entry, bool):
-                entry = (entry, entry)
-            if not (
-                isinstance(entry, Sequence)
-                and len(entry) == 2
-                and all(isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in entry)
-            ):
-                break
-            pairs.append(tuple(entry))
-        else:
-            return tuple(pairs)
-    raise ValueError(
-        f"{name}: padding must be 'VALID', 'SAME', a non-negative int, or a tuple of {nd} "
-        f"entries (one per spatial axis), each a non-negative int or a (low, high) pair; "
-        f"got {padding!r}"
-    )
-
 
 def _same_pads(size, kernel, stride, dilation):
-    """lax/TF "SAME": output ``ceil(size / stride)``; odd extra padding goes on the high side."""
-    pads = []
-    for n, k, s, d in zip(size, kernel, stride, dilation, strict=True):
-        out = -(-n // s)
-        total = max((out - 1) * s + d * (k - 1) + 1 - n, 0)
-        pads.append((total // 2, total - total // 2))
-    return tuple(pads)
+    """lax/TF "SAME" padding for a kernel of this size and dilation."""
+    extents = [d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True)]
+    return same_padding(size, extents, stride)
 
 
 # --- the N-d building block: forward and backward -----------------------------------
@@ -443,16 +393,11 @@ def _check_input(name: str, x, nd: int, in_channels: int | None = None):
     return shape
 
 
-def _kernel_of(name: str, params, nd: int):
-    """The kernel in ``params``, with a clear error for foreign params."""
-    w = params.get("w") if isinstance(params, dict) else None
-    if getattr(w, "ndim", None) != nd + 2:
-        got = sorted(params) if isinstance(params, dict) else type(params).__name__
-        raise TypeError(
-            f"{name}: params must be a dict holding a rank-{nd + 2} kernel 'w' (as returned "
-            f"by init), got {got}"
-        )
-    return w
+def _kernel_of(name: str, params, nd: int, use_bias: bool):
+    """The kernel in ``params``, after checking they are the params this layer's init made."""
+    ranks = {"w": nd + 2, "b": 1} if use_bias else {"w": nd + 2}
+    check_param_tree(name, params, ranks)
+    return params["w"]
 
 
 def _output_size(name, shape, pads, kernel, stride, dilation):
@@ -493,13 +438,13 @@ def _conv(
 ) -> Layer:
     """The N-d convolution layer behind :func:`conv1d` and :func:`conv2d`."""
     check_positive_int(name, "features", features)
-    kernel = _int_tuple(name, "kernel_size", kernel_size, nd)
-    stride = _int_tuple(name, "stride", stride, nd)
-    dilation = _int_tuple(name, "dilation", dilation, nd)
+    kernel = check_int_tuple(name, "kernel_size", kernel_size, nd)
+    stride = check_int_tuple(name, "stride", stride, nd)
+    dilation = check_int_tuple(name, "dilation", dilation, nd)
     check_positive_int(name, "groups", groups)
     if features % groups:
         raise ValueError(f"{name}: features (={features}) must be divisible by groups (={groups})")
-    spec = _padding_spec(name, padding, nd)
+    spec = parse_padding(name, padding, nd)
 
     def pads_for(shape):
         return _same_pads(shape[1:-1], kernel, stride, dilation) if spec == "SAME" else spec
@@ -521,7 +466,7 @@ def _conv(
         return params, (input_shape[0], *out, features)
 
     def forward(params, x):
-        w = _kernel_of(name, params, nd)
+        w = _kernel_of(name, params, nd, use_bias)
         shape = _check_input(name, x, nd, w.shape[-2] * groups)
         expected = {"w": (*kernel, shape[-1] // groups, features)}
         if use_bias:
@@ -545,7 +490,10 @@ def _conv(
 
     def backward(params, x, dy):
         # Walk the forward in reverse: y = z + b, z = valid_conv(pad(x), w).
-        pads = tuple((lo, hi, 0) for lo, hi in pads_for(x.shape))
+        pads2 = pads_for(x.shape)
+        out = _output_size(name, x.shape, pads2, kernel, stride, dilation)
+        check_cotangent(name, dy, (x.shape[0], *out, features))
+        pads = tuple((lo, hi, 0) for lo, hi in pads2)
         dx, dw = _conv_backward(x, params["w"], dy, pads, stride, dilation, groups, precision)
         if not use_bias:
             return dx, {"w": dw}
@@ -769,11 +717,11 @@ def conv_transpose2d(
     """
     name, nd = "conv_transpose2d", 2
     check_positive_int(name, "features", features)
-    kernel = _int_tuple(name, "kernel_size", kernel_size, nd)
-    stride = _int_tuple(name, "stride", stride, nd)
-    dilation = _int_tuple(name, "dilation", dilation, nd)
-    pad = _int_tuple(name, "padding", padding, nd, minimum=0)
-    out_pad = _int_tuple(name, "output_padding", output_padding, nd, minimum=0)
+    kernel = check_int_tuple(name, "kernel_size", kernel_size, nd)
+    stride = check_int_tuple(name, "stride", stride, nd)
+    dilation = check_int_tuple(name, "dilation", dilation, nd)
+    pad = check_int_tuple(name, "padding", padding, nd, low=0)
+    out_pad = check_int_tuple(name, "output_padding", output_padding, nd, low=0)
     check_positive_int(name, "groups", groups)
     if features % groups:
         raise ValueError(f"{name}: features (={features}) must be divisible by groups (={groups})")
@@ -821,7 +769,7 @@ def conv_transpose2d(
         return {"w": w_init(key_w, w_shape, dtype), "b": b_init(key_b, (features,), dtype)}, out
 
     def forward(params, x):
-        w = _kernel_of(name, params, nd)
+        w = _kernel_of(name, params, nd, use_bias)
         shape = _check_input(name, x, nd, w.shape[-2] * groups)
         expected = {"w": (*kernel, shape[-1] // groups, features)}
         if use_bias:
@@ -837,6 +785,7 @@ def conv_transpose2d(
         return y, x
 
     def backward(params, x, dy):
+        check_cotangent(name, dy, output_shape(x.shape))
         # Walk the forward in reverse: y = z + b, z = valid_conv(dilate_and_pad(x), w).
         dx, dw = _conv_backward(x, params["w"], dy, pads, ones, dilation, groups, precision)
         if not use_bias:

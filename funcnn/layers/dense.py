@@ -9,20 +9,26 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from funcnn.core import (
-    Layer,
-    along_last_axis,
-    check_array,
+from funcnn.core import Layer, Static, along_last_axis, fold_leading_axes
+from funcnn.initializers import Initializer, glorot_normal, zeros
+from funcnn.validation import (
+    check_cotangent,
+    check_float,
     check_input_shape,
+    check_param_tree,
     check_params,
     check_positive_int,
-    fold_leading_axes,
 )
-from funcnn.initializers import Initializer, glorot_normal, zeros
 
 
 def _check_features(name: str, x, features_in: int):
-    shape = check_array(name, "x", x, min_ndim=1)
+    """``x`` must be a float array whose last axis is the size the params were made for.
+
+    Integer inputs are refused: these layers differentiate their input, and integer
+    inputs get no gradient (``dx`` is ``None`` for them, the library's rule), so an
+    integer ``x`` is almost surely ids or labels that need an :func:`embedding` or a cast.
+    """
+    shape = check_float(name, "x", x, min_ndim=1)
     if shape[-1] != features_in:
         raise ValueError(
             f"{name}: expected input with last axis {features_in} (the params were made "
@@ -64,11 +70,12 @@ def linear(features: int, *, w_init: Initializer = glorot_normal(), dtype=jnp.fl
         return {"w": w_init(key, (input_shape[-1], features), dtype)}, (*input_shape[:-1], features)
 
     def forward(params, x):
-        _check_features("linear", x, _in_features("linear", params))
+        _check_features("linear", x, check_param_tree("linear", params, {"w": 2})["w"][0])
         check_params("linear", params, {"w": (x.shape[-1], features)})
         return x @ params["w"], x
 
     def backward(params, x, dy):
+        check_cotangent("linear", dy, (*x.shape[:-1], features))
         # y = x W  =>  dx = dy W^T,  dW = x^T dy (summed over the batch axes).
         return dy @ params["w"].T, {"w": fold_leading_axes(x).T @ fold_leading_axes(dy)}
 
@@ -85,7 +92,7 @@ def bias(*, b_init: Initializer = zeros(), dtype=jnp.float32) -> Layer:
         dx = dy
         db = sum of dy over every leading axis
 
-    Cache: nothing (``()``); the gradient does not depend on ``x``.
+    Cache: the input shape only (static, no array); the gradient does not depend on ``x``.
     """
 
     def init(key, input_shape):
@@ -93,11 +100,11 @@ def bias(*, b_init: Initializer = zeros(), dtype=jnp.float32) -> Layer:
         return {"b": b_init(key, (input_shape[-1],), dtype)}, input_shape
 
     def forward(params, x):
-        _check_features("bias", x, _in_features("bias", params, key="b", axis=0))
-        check_params("bias", params, {"b": (x.shape[-1],)})
-        return x + along_last_axis(params["b"], x.ndim), ()
+        _check_features("bias", x, check_param_tree("bias", params, {"b": 1})["b"][0])
+        return x + along_last_axis(params["b"], x.ndim), Static(tuple(x.shape))
 
-    def backward(params, cache, dy):
+    def backward(params, shape, dy):
+        check_cotangent("bias", dy, shape.value)
         return dy, {"b": fold_leading_axes(dy).sum(0)}
 
     return Layer(init, forward, backward, name="bias")
@@ -145,11 +152,12 @@ def dense(
         return {"w": w, "b": b_init(key_b, (features,), dtype)}, (*input_shape[:-1], features)
 
     def forward(params, x):
-        _check_features("dense", x, _in_features("dense", params))
+        _check_features("dense", x, check_param_tree("dense", params, {"w": 2, "b": 1})["w"][0])
         check_params("dense", params, {"w": (x.shape[-1], features), "b": (features,)})
         return x @ params["w"] + along_last_axis(params["b"], x.ndim), x
 
     def backward(params, x, dy):
+        check_cotangent("dense", dy, (*x.shape[:-1], features))
         # Walk the forward in reverse: y = z + b, z = x W.
         dy2 = fold_leading_axes(dy)
         db = dy2.sum(0)
@@ -158,14 +166,3 @@ def dense(
         return dx, {"w": dw, "b": db}
 
     return Layer(init, forward, backward, name="dense")
-
-
-def _in_features(name: str, params, key: str = "w", axis: int = 0) -> int:
-    """The input size the params were made for, with a clear error for foreign params."""
-    if not isinstance(params, dict) or key not in params or not hasattr(params[key], "shape"):
-        raise TypeError(
-            f"{name}: params must be a dict holding {key!r} (as returned by init), got "
-            f"{type(params).__name__}"
-            + (f" with keys {sorted(params)}" if isinstance(params, dict) else "")
-        )
-    return params[key].shape[axis]

@@ -6,13 +6,18 @@ A **wide** layer: the randomness comes from ``ctx.key`` and the mode from ``ctx.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import jax
 import jax.numpy as jnp
 
-from funcnn.core import Layer, Static, check_float, check_input_shape, check_no_params
+from funcnn.core import Layer, Static
+from funcnn.validation import (
+    check_cotangent,
+    check_ctx,
+    check_float,
+    check_input_shape,
+    check_no_params,
+    check_number,
+)
 
 
 def dropout(rate: float) -> Layer:
@@ -37,8 +42,8 @@ def dropout(rate: float) -> Layer:
         dx = dy * mask / keep        (train)
         dx = dy                      (eval)
 
-    Cache: the boolean ``mask`` in train mode (one byte per element); ``Static("identity")``
-    in eval mode, which tells ``backward`` to pass ``dy`` through.
+    Cache: the boolean ``mask`` in train mode (one byte per element); in eval mode only
+    the input shape, ``Static(shape)``, which tells ``backward`` to pass ``dy`` through.
 
     >>> import jax, jax.numpy as jnp
     >>> from funcnn.core import Ctx
@@ -46,38 +51,31 @@ def dropout(rate: float) -> Layer:
     >>> layer = dropout(0.5)
     >>> params, state, _ = layer.init(jax.random.PRNGKey(0), (2, 4))
     >>> x = jnp.ones((2, 4))
-    >>> y, mask, _ = layer.forward(params, x, state, Ctx(jax.random.PRNGKey(1), train=True))
+    >>> y, mask, _ = layer.forward(params, x, state, Ctx(key=jax.random.PRNGKey(1), train=True))
     >>> sorted(set(y.ravel().tolist()))  # dropped elements are 0, kept ones are 1 / 0.5
     [0.0, 2.0]
     >>> y_eval, _, _ = layer.forward(params, x, state, Ctx(train=False))
     >>> bool(jnp.all(y_eval == x))
     True
     """
-    if (
-        isinstance(rate, bool)
-        or not isinstance(rate, numbers.Real)
-        or math.isnan(rate)
-        or not 0 <= rate < 1
-    ):
-        raise ValueError(
-            f"dropout: rate (the probability of dropping) must be a number with "
-            f"0 <= rate < 1, got {rate!r}"
-        )
-    rate = float(rate)
+    rate = check_number(
+        "dropout", "rate (the probability of dropping)", rate, low=0, high=1, high_open=True
+    )
     keep = 1.0 - rate
 
     def init(key, input_shape):
         return (), (), check_input_shape("dropout", input_shape, min_ndim=0)
 
     def forward(params, x, state, ctx):
+        check_ctx("dropout", ctx)
         check_no_params("dropout", params)
         if not (isinstance(state, tuple) and state == ()):
             raise TypeError(
                 f"dropout: this layer has no state; state must be (), got {type(state).__name__}"
             )
-        check_float("dropout", "x", x)
+        shape = check_float("dropout", "x", x)
         if not ctx.train or rate == 0.0:
-            return x, Static("identity"), state
+            return x, Static(shape), state
         if ctx.key is None:
             raise ValueError(
                 "dropout: train mode needs a PRNG key: pass Ctx(key=..., train=True) "
@@ -88,7 +86,9 @@ def dropout(rate: float) -> Layer:
 
     def backward(params, cache, dy):
         if isinstance(cache, Static):  # eval mode (or rate 0): the identity
+            check_cotangent("dropout", dy, cache.value)
             return dy, ()
+        check_cotangent("dropout", dy, cache.shape)
         # y = x * mask / keep is linear in x with the same (diagonal) factor.
         return jnp.where(cache, dy / keep, 0), ()
 

@@ -10,16 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.core import (
-    Layer,
+from funcnn.core import Layer, fold_leading_axes
+from funcnn.initializers import Initializer, normal
+from funcnn.validation import (
     check_array,
+    check_cotangent,
     check_float,
     check_input_shape,
     check_params,
     check_positive_int,
-    fold_leading_axes,
 )
-from funcnn.initializers import Initializer, normal
 
 
 def embedding(
@@ -65,8 +65,8 @@ def embedding(
     >>> dx is None, grads["table"][:, 0]   # id 4 appears twice
     (True, Array([0., 1., 0., 0., 2.], dtype=float32))
     """
-    check_positive_int("embedding", "vocab", vocab)
-    check_positive_int("embedding", "features", features)
+    vocab = check_positive_int("embedding", "vocab", vocab)
+    features = check_positive_int("embedding", "features", features)
 
     def init(key, input_shape):
         input_shape = check_input_shape("embedding", input_shape, min_ndim=1)
@@ -79,6 +79,7 @@ def embedding(
         return jnp.take(params["table"], _in_range(ids, vocab), axis=0, mode="fill"), ids
 
     def backward(params, ids, dy):
+        check_cotangent("embedding", dy, (*ids.shape, features))
         table = params["table"]
         rows = _in_range(ids, vocab).reshape(-1)
         # Scatter-add: row v of dtable collects dy[i] for every position i with ids[i] == v.

@@ -18,33 +18,37 @@ The derivation is in ``docs/layers/normalization.md``.
 from __future__ import annotations
 
 import math
-import numbers
 
 import jax.numpy as jnp
 from jax import lax
 
-from funcnn.core import (
-    Layer,
-    Static,
-    along_last_axis,
-    check_array,
+from funcnn.core import Layer, Static, along_last_axis, fold_leading_axes
+from funcnn.validation import (
+    check_cotangent,
+    check_ctx,
     check_float,
     check_input_shape,
+    check_number,
+    check_param_tree,
     check_params,
-    fold_leading_axes,
+    is_int,
 )
 
 
-def _check_number(name: str, what: str, value, rule: str, ok) -> float:
-    """Validate a real-valued hyperparameter at once (bools, NaN and non-numbers rejected)."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or math.isnan(value)
-        or not ok(value)
-    ):
-        raise ValueError(f"{name}: {what} must be {rule}, got {value!r}")
-    return float(value)
+def _centered(x, axes):
+    """``(mean, x - mean)`` over ``axes`` (kept as size-1 axes), computed shifted.
+
+    The values are first shifted by one of them (the first along ``axes``): mean and
+    variance do not change, but the sum no longer carries the rows' common magnitude.
+    A constant row then centres to exactly 0 (a plain mean of 12345.678 in float32 is
+    off by a rounding error that the normalization would blow up), and rows far from 0
+    lose far fewer digits. The variance is then the mean square of the centred values
+    (two-pass), never ``E[x^2] - E[x]^2``.
+    """
+    pivot = x[tuple(slice(0, 1) if i in axes else slice(None) for i in range(x.ndim))]
+    shifted = x - pivot
+    mean_shifted = jnp.mean(shifted, axis=axes, keepdims=True)
+    return pivot + mean_shifted, shifted - mean_shifted
 
 
 # --- batchnorm ------------------------------------------------------------------------
@@ -107,10 +111,8 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
     >>> bool(jnp.all(same["mean"] == new_state["mean"]))
     True
     """
-    momentum = _check_number(
-        "batchnorm", "momentum", momentum, "a number in [0, 1]", lambda v: 0 <= v <= 1
-    )
-    eps = _check_number("batchnorm", "eps", eps, "a positive number", lambda v: v > 0)
+    momentum = check_number("batchnorm", "momentum", momentum, low=0, high=1)
+    eps = check_number("batchnorm", "eps", eps, low=0, low_open=True)
 
     def init(key, input_shape):
         input_shape = check_input_shape("batchnorm", input_shape, min_ndim=2)
@@ -120,16 +122,16 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
         return params, state, input_shape
 
     def forward(params, x, state, ctx):
-        shape = check_array("batchnorm", "x", x, min_ndim=2)
-        check_float("batchnorm", "x", x)
-        c = _params_features("batchnorm", params)
+        check_ctx("batchnorm", ctx)
+        c = check_param_tree("batchnorm", params, {"scale": 1, "offset": 1})["scale"][0]
+        shape = check_float("batchnorm", "x", x, min_ndim=2)
         if shape[-1] != c:
             raise ValueError(
                 f"batchnorm: expected input with {c} features (last axis; the params were "
                 f"made for that), got input of shape {shape}"
             )
         check_params("batchnorm", params, {"scale": (c,), "offset": (c,)})
-        _check_state("batchnorm", state, c)
+        check_params("batchnorm", state, {"mean": (c,), "var": (c,)}, what="state")
         ndim = x.ndim
         scale = along_last_axis(params["scale"], ndim)
         offset = along_last_axis(params["offset"], ndim)
@@ -149,8 +151,8 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
                 f"larger batch"
             )
         axes = tuple(range(ndim - 1))
-        mean = jnp.mean(x, axis=axes)
-        centered = x - along_last_axis(mean, ndim)
+        mean, centered = _centered(x, axes)
+        mean = mean.reshape(c)
         var = jnp.mean(centered * centered, axis=axes)  # biased: divides by m
         inv_std = lax.rsqrt(var + eps)
         xhat = centered * along_last_axis(inv_std, ndim)
@@ -169,6 +171,7 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
 
     def backward(params, cache, dy):
         xhat, inv_std = cache["xhat"], cache["inv_std"]
+        check_cotangent("batchnorm", dy, xhat.shape)
         ndim = xhat.ndim
         # y = scale * xhat + offset: the affine part, summed over every value of a feature.
         dy2, xhat2 = fold_leading_axes(dy), fold_leading_axes(xhat)
@@ -191,37 +194,6 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
         return dx.astype(xhat.dtype), dparams
 
     return Layer(init, forward, backward, name="batchnorm", wide=True)
-
-
-def _params_features(name: str, params) -> int:
-    """The feature count the params were made for, with a clear error for foreign params."""
-    if not isinstance(params, dict) or not hasattr(params.get("scale"), "shape"):
-        got = f"dict with keys {sorted(params)}" if isinstance(params, dict) else repr(params)
-        raise TypeError(
-            f"{name}: params must be a dict with keys ['offset', 'scale'] (as returned by "
-            f"init), got {got}"
-        )
-    scale_shape = tuple(params["scale"].shape)
-    if len(scale_shape) != 1:
-        raise ValueError(f"{name}: params['scale'] must have shape (features,), got {scale_shape}")
-    return scale_shape[0]
-
-
-def _check_state(name: str, state, c: int):
-    """The running statistics must be ``{"mean": (C,), "var": (C,)}``."""
-    if not isinstance(state, dict) or set(state) != {"mean", "var"}:
-        got = f"dict with keys {sorted(state)}" if isinstance(state, dict) else repr(state)
-        raise TypeError(
-            f"{name}: state must be a dict with keys ['mean', 'var'] (as returned by init), "
-            f"got {got}"
-        )
-    for key in ("mean", "var"):
-        got = tuple(getattr(state[key], "shape", ()))
-        if got != (c,):
-            raise ValueError(
-                f"{name}: state[{key!r}] must have shape ({c},) for input with {c} features, "
-                f"got {got}"
-            )
 
 
 # --- layernorm ------------------------------------------------------------------------
@@ -265,12 +237,17 @@ def layernorm(eps: float = 1e-5, axis: int | tuple[int, ...] = -1, *, dtype=jnp.
     >>> y.mean(axis=-1)
     Array([0., 0.], dtype=float32)
     """
-    eps = _check_number("layernorm", "eps", eps, "a positive number", lambda v: v > 0)
+    eps = check_number("layernorm", "eps", eps, low=0, low_open=True)
     axes_arg = (axis,) if not isinstance(axis, (tuple, list)) else tuple(axis)
-    if not axes_arg or any(isinstance(a, bool) or not isinstance(a, int) for a in axes_arg):
+    if not all(map(is_int, axes_arg)):
+        raise TypeError(
+            f"layernorm: axis must be an int or a non-empty tuple of ints, got {axis!r}"
+        )
+    if not axes_arg:
         raise ValueError(
             f"layernorm: axis must be an int or a non-empty tuple of ints, got {axis!r}"
         )
+    axes_arg = tuple(int(a) for a in axes_arg)
     if len(set(axes_arg)) != len(axes_arg):
         raise ValueError(f"layernorm: axis must not repeat an axis, got {axis!r}")
 
@@ -306,20 +283,18 @@ def layernorm(eps: float = 1e-5, axis: int | tuple[int, ...] = -1, *, dtype=jnp.
         return params, input_shape
 
     def forward(params, x):
-        shape = check_array("layernorm", "x", x, min_ndim=2)
-        check_float("layernorm", "x", x)
+        expected = check_param_tree("layernorm", params, {"scale": None, "offset": None})["scale"]
+        shape = check_float("layernorm", "x", x, min_ndim=2)
         axes = resolve(shape)
         normalized = tuple(shape[a] for a in axes)
-        expected = _params_shape("layernorm", params)
         if normalized != expected:
             raise ValueError(
                 f"layernorm: expected input whose normalized axes {axes} have sizes {expected} "
                 f"(the params were made for that), got input of shape {shape}"
             )
         check_params("layernorm", params, {"scale": expected, "offset": expected})
-        mean = jnp.mean(x, axis=axes, keepdims=True)
-        centered = x - mean
-        var = jnp.mean(centered * centered, axis=axes, keepdims=True)  # biased
+        _, centered = _centered(x, axes)
+        var = jnp.mean(centered * centered, axis=axes, keepdims=True)  # biased, two-pass
         inv_std = lax.rsqrt(var + eps)
         xhat = centered * inv_std
         ndim = x.ndim
@@ -330,6 +305,7 @@ def layernorm(eps: float = 1e-5, axis: int | tuple[int, ...] = -1, *, dtype=jnp.
 
     def backward(params, cache, dy):
         xhat, inv_std = cache
+        check_cotangent("layernorm", dy, xhat.shape)
         ndim = xhat.ndim
         axes = resolve(xhat.shape)
         others = tuple(i for i in range(ndim) if i not in axes)
@@ -351,16 +327,6 @@ def layernorm(eps: float = 1e-5, axis: int | tuple[int, ...] = -1, *, dtype=jnp.
         return dx.astype(xhat.dtype), dparams
 
     return Layer(init, forward, backward, name="layernorm")
-
-
-def _params_shape(name: str, params) -> tuple[int, ...]:
-    if not isinstance(params, dict) or not hasattr(params.get("scale"), "shape"):
-        got = f"dict with keys {sorted(params)}" if isinstance(params, dict) else repr(params)
-        raise TypeError(
-            f"{name}: params must be a dict with keys ['offset', 'scale'] (as returned by "
-            f"init), got {got}"
-        )
-    return tuple(params["scale"].shape)
 
 
 __all__ = ["batchnorm", "layernorm"]

@@ -29,15 +29,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcnn.core import (
-    Layer,
-    Static,
+from funcnn.core import Layer, Static, pack_uints, unpack_uints
+from funcnn.validation import (
     check_array,
+    check_bool,
+    check_cotangent,
     check_float,
     check_input_shape,
+    check_int_tuple,
     check_no_params,
-    pack_uints,
-    unpack_uints,
+    parse_padding,
+    same_padding,
 )
 
 
@@ -60,58 +62,18 @@ class _Geometry(NamedTuple):
 # --- hyperparameter parsing (factory time) ----------------------------------------------
 
 
-def _pair(name: str, what: str, value) -> tuple[int, int]:
-    """An int or a pair of positive ints -> a pair."""
-    values = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
-    ok = len(values) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in values
-    )
-    if not ok:
-        raise ValueError(
-            f"{name}: {what} must be a positive int or a pair of positive ints, got {value!r}"
-        )
-    return int(values[0]), int(values[1])
-
-
 def _parse_padding(name: str, padding, window: tuple[int, int]):
-    """Return "VALID", "SAME" or ((top, bottom), (left, right)), validated against the window.
+    """``"SAME"`` or ``((top, bottom), (left, right))``, validated against the window.
 
-    Accepted: "VALID"/"SAME" (any case), an int (all four sides), a pair of ints
-    (per dimension, both sides, as PyTorch's ``padding=(ph, pw)``), or a pair of
-    ``(low, high)`` pairs. Explicit padding must be at most ``window // 2`` on every side,
-    PyTorch's rule: it guarantees that every window holds at least one real element.
+    The spellings are :func:`funcnn.validation.parse_padding`'s (``"VALID"``, ``"SAME"``,
+    an int, ``(ph, pw)``, or ``(low, high)`` pairs). Explicit padding must be at most
+    ``window // 2`` on every side, PyTorch's rule: it guarantees that every window holds
+    at least one real element.
     """
-    if isinstance(padding, str):
-        if padding.upper() not in ("VALID", "SAME"):
-            raise ValueError(
-                f"{name}: padding must be 'VALID', 'SAME', an int or pairs, got {padding!r}"
-            )
-        return padding.upper()
-
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-    if is_int(padding):
-        pads = ((padding, padding), (padding, padding))
-    elif isinstance(padding, (tuple, list)) and len(padding) == 2 and all(map(is_int, padding)):
-        pads = ((padding[0], padding[0]), (padding[1], padding[1]))
-    elif (
-        isinstance(padding, (tuple, list))
-        and len(padding) == 2
-        and all(
-            isinstance(p, (tuple, list)) and len(p) == 2 and all(map(is_int, p)) for p in padding
-        )
-    ):
-        pads = tuple(tuple(p) for p in padding)
-    else:
-        raise ValueError(
-            f"{name}: padding must be 'VALID', 'SAME', an int, a pair of ints or a pair of "
-            f"(low, high) pairs, got {padding!r}"
-        )
-    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    pads = parse_padding(name, padding, 2)
+    if pads == "SAME":
+        return pads
     for (lo, hi), w in zip(pads, window, strict=True):
-        if lo < 0 or hi < 0:
-            raise ValueError(f"{name}: padding must be non-negative, got {padding!r}")
         if max(lo, hi) > w // 2:
             raise ValueError(
                 f"{name}: padding {padding!r} is more than half the window {window} "
@@ -131,16 +93,8 @@ def _geometry(name, shape, dtype, window, stride, padding) -> _Geometry:
             f"got shape {tuple(shape)} ({len(shape)} axes)"
         )
     spatial = shape[1:3]
-    if padding == "VALID":
-        pads = ((0, 0), (0, 0))
-    elif padding == "SAME":  # out = ceil(in / s); the odd extra row goes on the high side
-        pads = []
-        for n, w, s in zip(spatial, window, stride, strict=True):
-            total = max((-(-n // s) - 1) * s + w - n, 0)
-            pads.append((total // 2, total - total // 2))
-        pads = tuple(pads)
-    else:
-        pads = padding
+    # "SAME": out = ceil(in / s), the odd extra row on the high side
+    pads = same_padding(spatial, window, stride) if padding == "SAME" else padding
     padded = tuple(n + lo + hi for n, (lo, hi) in zip(spatial, pads, strict=True))
     if any(p < w for p, w in zip(padded, window, strict=True)):
         raise ValueError(
@@ -149,6 +103,11 @@ def _geometry(name, shape, dtype, window, stride, padding) -> _Geometry:
         )
     out = tuple((p - w) // s + 1 for p, w, s in zip(padded, window, stride, strict=True))
     return _Geometry(tuple(shape), out, window, stride, pads, np.dtype(dtype))
+
+
+def _out_shape(g: _Geometry) -> tuple[int, int, int, int]:
+    """The output shape ``(N, Ho, Wo, C)`` of a window pooling."""
+    return (g.shape[0], *g.out, g.shape[3])
 
 
 def _window_init(name, window, stride, padding):
@@ -292,8 +251,8 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
     Array([0., 1., 0., 0.], dtype=float32)
     """
     name = "max_pool2d"
-    window = _pair(name, "window", window)
-    stride = window if stride is None else _pair(name, "stride", stride)
+    window = check_int_tuple(name, "window", window, 2)
+    stride = window if stride is None else check_int_tuple(name, "stride", stride, 2)
     padding = _parse_padding(name, padding, window)
     # The cache holds each window's argmax offset packed into 1, 2, 4 or 8 bits (see
     # pack_uints; 2 bits for 2x2 windows), or as int32 for windows of over 256 entries.
@@ -318,6 +277,7 @@ def max_pool2d(window, stride=None, padding=0) -> Layer:
 
     def backward(params, cache, dy):
         offsets, g = cache[0], cache[1].value
+        check_cotangent(name, dy, _out_shape(g))
         arg = offsets if bits is None else unpack_uints(offsets, np.int32)
         if g.tiles:
             # One window per input element: route dy with a one-hot over the offsets,
@@ -373,11 +333,10 @@ def avg_pool2d(window, stride=None, padding=0, count_include_pad: bool = True) -
            [1., 1.]], dtype=float32)
     """
     name = "avg_pool2d"
-    window = _pair(name, "window", window)
-    stride = window if stride is None else _pair(name, "stride", stride)
+    window = check_int_tuple(name, "window", window, 2)
+    stride = window if stride is None else check_int_tuple(name, "stride", stride, 2)
     padding = _parse_padding(name, padding, window)
-    if not isinstance(count_include_pad, bool):
-        raise ValueError(f"{name}: count_include_pad must be a bool, got {count_include_pad!r}")
+    count_include_pad = check_bool(name, "count_include_pad", count_include_pad)
 
     def divisor(g: _Geometry, dtype):
         if count_include_pad or g.pads == ((0, 0), (0, 0)):
@@ -394,6 +353,7 @@ def avg_pool2d(window, stride=None, padding=0, count_include_pad: bool = True) -
 
     def backward(params, cache, dy):
         g = cache.value
+        check_cotangent(name, dy, _out_shape(g))
         share = dy / divisor(g, dy.dtype)  # every input of a window gets the same share
         if g.tiles:
             return _spread(g, lambda _: _blocks(share)), ()
@@ -440,6 +400,7 @@ def global_avg_pool() -> Layer:
     def backward(params, cache, dy):
         shape, dtype = cache.value
         n, c = shape[0], shape[-1]
+        check_cotangent(name, dy, (n, c))
         share = (dy / math.prod(shape[1:-1])).astype(dtype)
         return jnp.broadcast_to(share.reshape(n, *([1] * (len(shape) - 2)), c), shape), ()
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import math
 
-from funcnn.core import Layer, Static, check_array, check_input_shape, check_no_params
+from funcnn.core import Layer, Static
+from funcnn.validation import (
+    check_array,
+    check_cotangent,
+    check_input_shape,
+    check_no_params,
+    is_int,
+)
 
 
 def _resolve(name: str, input_shape: tuple[int, ...], target: tuple[int, ...]):
@@ -45,7 +52,9 @@ def _reshape_layer(name: str, target_of) -> Layer:
         return x.reshape(out_shape), Static(shape)
 
     def backward(params, cache, dy):
-        return dy.reshape(cache.value), ()
+        shape = cache.value
+        check_cotangent(name, dy, _resolve(name, shape, target_of(shape)))
+        return dy.reshape(shape), ()
 
     return Layer(init, forward, backward, name=name)
 
@@ -66,7 +75,10 @@ def reshape(shape) -> Layer:
     Backward: ``dx = dy.reshape(x.shape)``. Cache: the input shape (static).
     """
     target = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
-    if not all(isinstance(d, int) and (d > 0 or d == -1) for d in target):
+    if not all(map(is_int, target)):
+        raise TypeError(f"reshape: shape must hold positive ints and at most one -1, got {shape!r}")
+    target = tuple(int(d) for d in target)
+    if not all(d > 0 or d == -1 for d in target):
         raise ValueError(
             f"reshape: shape must hold positive ints and at most one -1, got {shape!r}"
         )
