@@ -2,9 +2,9 @@
 
 For each convolution shape it times, jit-compiled on the default device:
 
-* the kernel gradient as one ``lax.conv_general_dilated`` (``_kernel_grad_conv``, the
-  formulation ``jax.vjp`` also uses) against the patch product ``patches(xp)^T @ dy``
-  built a few images at a time (``_kernel_grad_im2col``);
+* the kernel gradient as one ``lax.conv_general_dilated`` (``conv_passes.kernel_grad_conv``,
+  the formulation ``jax.vjp`` also uses) against the patch product ``patches(xp)^T @ dy``
+  built a few images at a time (``conv_cpu.kernel_grad_im2col``);
 * for 1x1 kernels, the forward as a convolution against the matrix product
   ``x @ w`` that funcnn uses.
 
@@ -12,7 +12,7 @@ Usage::
 
     python benchmarks/conv_kernel_grad.py [--repeats 20]
 
-``funcnn.layers.conv._kernel_grad_as_matmul`` picks the product from 32 output features
+``funcnn.layers.conv_cpu.kernel_grad_as_matmul`` picks the product from 32 output features
 on; docs/benchmarks.md records the table this prints.
 """
 
@@ -24,14 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from funcnn.layers.conv import (
-    _conv_forward,
-    _kernel_grad_as_matmul,
-    _kernel_grad_conv,
-    _kernel_grad_im2col,
-    _same_pads,
-    _unread_rows,
-)
+from funcnn.layers.conv_cpu import kernel_grad_as_matmul, kernel_grad_im2col
+from funcnn.layers.conv_geometry import PaddedConv, same_pads, unread_rows
+from funcnn.layers.conv_passes import conv_forward, kernel_grad_conv
 
 try:  # run as a script: benchmarks/ is on sys.path
     from bench import interleaved, same_args
@@ -58,17 +53,14 @@ def measure(shape, repeats: int) -> dict[str, float]:
     x = jax.random.normal(key_x, (n, size, size, c), jnp.float32)
     w = jax.random.normal(key_w, (k, k, c, f), jnp.float32)
     stride, dilation = (s, s), (1, 1)
-    pads = tuple((lo, hi, 0) for lo, hi in _same_pads((size, size), (k, k), stride, dilation))
-    y = _conv_forward(x, w, pads, stride, dilation, 1, None)
+    pads = tuple((lo, hi, 0) for lo, hi in same_pads((size, size), (k, k), stride, dilation))
+    conv = PaddedConv(pads, stride, dilation)
+    y = conv_forward(x, w, conv)
     dy = jax.random.normal(key_dy, y.shape, jnp.float32)
-    unread = _unread_rows(x.shape, w.shape, dy.shape, pads, stride, dilation)
+    unread = unread_rows(x.shape, w.shape, dy.shape, conv)
 
-    as_conv = jax.jit(
-        lambda x, dy: _kernel_grad_conv(x, dy, pads, stride, dilation, 1, None, unread)
-    )
-    as_matmul = jax.jit(
-        lambda x, dy: _kernel_grad_im2col(x, dy, w.shape, pads, stride, dilation, None)
-    )
+    as_conv = jax.jit(lambda x, dy: kernel_grad_conv(x, dy, conv, unread=unread))
+    as_matmul = jax.jit(lambda x, dy: kernel_grad_im2col(x, dy, w.shape, conv))
     reference = as_conv(x, dy)
     scale = float(jnp.abs(reference).max())
     assert float(jnp.abs(as_matmul(x, dy) - reference).max()) <= 1e-4 * scale
@@ -82,7 +74,7 @@ def measure(shape, repeats: int) -> dict[str, float]:
                 x, w, stride, "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
         )
-        forward_matmul = jax.jit(lambda x, w: _conv_forward(x, w, pads, stride, dilation, 1, None))
+        forward_matmul = jax.jit(lambda x, w: conv_forward(x, w, conv))
         contenders["forward conv"] = (same_args(forward_conv), (x, w))
         contenders["forward matmul"] = (same_args(forward_matmul), (x, w))
     return interleaved(contenders, repeats)
@@ -100,7 +92,7 @@ def main():
     print("|---|---|---|---|---|")
     for shape in SHAPES:
         t = measure(shape, args.repeats)
-        uses = "matmul" if _kernel_grad_as_matmul((shape[4],) * 2 + shape[2:4], 1) else "conv"
+        uses = "matmul" if kernel_grad_as_matmul((shape[4],) * 2 + shape[2:4], 1) else "conv"
         print(
             f"| {shape} | {t['dw conv'] * 1e3:.2f} | {t['dw matmul'] * 1e3:.2f} "
             f"| {t['dw conv'] / t['dw matmul']:.2f} | {uses} |",

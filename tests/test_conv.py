@@ -21,7 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from funcnn.layers.conv import _kernel_grad_im2col, conv1d, conv2d, conv_transpose2d
+from funcnn.layers.conv import conv1d, conv2d, conv_transpose2d
+from funcnn.layers.conv_cpu import kernel_grad_im2col
+from funcnn.layers.conv_geometry import PaddedConv
 from funcnn.reference import conv as np_conv
 from funcnn.reference import conv_transpose as np_conv_transpose
 from funcnn.reference import conv_transpose_as_conv_kernel as flip_transpose
@@ -85,7 +87,7 @@ def conv_configs(draw, nd):
     groups = draw(st.sampled_from([1, 2, 3]))
     channels = groups * draw(st.integers(1, 2))
     # 32 features per group: with groups == 1 the kernel gradient is a matrix product of
-    # the input's patches with dy instead of a convolution (see _kernel_grad_as_matmul).
+    # the input's patches with dy instead of a convolution (see conv_cpu.kernel_grad_as_matmul).
     features = groups * draw(st.sampled_from([1, 2, 32]))
     kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
     stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
@@ -197,14 +199,11 @@ def test_kernel_grad_in_batch_chunks(shape, kernel, stride, dilation, pads, chun
     _, _, dw_np = np_conv(x, w, stride, pads, dilation, 1, dy)
     out = y.shape[1:-1]
     image_bytes = np.prod(out) * np.prod(kernel) * shape[-1] * x.dtype.itemsize
-    dw = _kernel_grad_im2col(
+    dw = kernel_grad_im2col(
         jnp.asarray(x),
         jnp.asarray(dy),
         w.shape,
-        tuple((lo, hi, 0) for lo, hi in pads),
-        stride,
-        dilation,
-        None,
+        PaddedConv(tuple((lo, hi, 0) for lo, hi in pads), stride, dilation),
         chunk_bytes=int(chunk_images * image_bytes),
     )
     np.testing.assert_allclose(dw, dw_np, rtol=1e-10, atol=1e-10)
