@@ -26,16 +26,24 @@ import jax.numpy as jnp
 from funcnn.core import Ctx, Layer, Static, as_wide, make_combinator
 from funcnn.validation import (
     check_children,
+    check_cotangent_tree,
     check_input_shape,
     check_int,
     check_no_params,
     check_positive_int,
+    describe,
+    like,
 )
 
 
 @contextlib.contextmanager
 def _inside(combinator: str, where: str, layer: Layer):
-    """Prefix errors raised by a child with where it sits, e.g. ``sequential[2] (dense): ...``."""
+    """Prefix errors raised by a child with where it sits, e.g. ``sequential[2] (dense): ...``.
+
+    Used around every child call, ``init``, ``forward`` and ``backward`` alike, so a bad
+    ``dy`` deep in a model names its path: ``sequential[1] (parallel): parallel[0]
+    (dense): dense: dy must have the shape ...``.
+    """
     try:
         yield
     except (ValueError, TypeError) as err:
@@ -91,22 +99,49 @@ def _call_child(combinator: str, where, layer: Layer, method, *args):
     return out
 
 
-def _add(a, b):
-    """Sum two cotangent trees; ``None`` (no gradient, e.g. an integer input) is the unit."""
+def _add(a, b, where: str = ""):
+    """Sum two cotangent trees; ``None`` (no gradient, e.g. an integer input) is the unit.
+
+    Both must have the same structure and shapes: a sum must never broadcast one into the
+    other (``where`` names the value they belong to, for the error).
+    """
     if a is None:
         return b
     if b is None:
         return a
+    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
+    shapes_a = [tuple(getattr(t, "shape", ())) for t in leaves_a]
+    shapes_b = [tuple(getattr(t, "shape", ())) for t in leaves_b]
+    if tree_a != tree_b or shapes_a != shapes_b:
+        raise ValueError(
+            f"{where}the cotangents to add up (one per consumer of a value) must have the "
+            f"same shapes, got {describe(a)} and {describe(b)}"
+        )
     return jax.tree_util.tree_map(jnp.add, a, b)
 
 
+def _check_nodes(what: str, value, names, maker: str = "init"):
+    """graph's params, state and cache are dicts keyed by node name."""
+    if not isinstance(value, dict) or set(value) != set(names):
+        error = ValueError if what == "cache" else TypeError
+        raise error(
+            f"graph: {what} must be a dict with one entry per node, keys {sorted(names)}, "
+            f"got {describe(value)}. Use the {what} made by this graph's {maker}."
+        )
+
+
 def _check_tuple(name: str, what: str, value, n: int):
-    # The structure of params/state/cache handed to a combinator must match its children.
+    # The structure of params/state/cache handed to a combinator must match its children:
+    # params and state are what init made (TypeError, as for any layer's params), the
+    # cache is what forward made (a wrong one is a wrong value: ValueError).
     if not isinstance(value, tuple) or len(value) != n:
         got = f"tuple of length {len(value)}" if isinstance(value, tuple) else type(value).__name__
-        raise TypeError(
+        maker = "forward" if what == "cache" else "init"
+        error = ValueError if what == "cache" else TypeError
+        raise error(
             f"{name}: {what} must be a tuple with one entry per child ({n}), got {got}. "
-            f"Use the {what} made by this layer's init."
+            f"Use the {what} made by this layer's {maker}."
         )
 
 
@@ -180,7 +215,8 @@ def _chain(name: str, layers: Sequence[Layer], names: tuple[str, ...] | None = N
             got = sorted(value) if isinstance(value, dict) else type(value).__name__
             raise TypeError(
                 f"{name}: {what} must be a dict with one entry per named child "
-                f"{list(names)}, got {got}. Use the {what} made by this layer's init."
+                f"{list(names)}, got {got}. Use the {what} made by this layer's "
+                f"{'forward' if what == 'cache' else 'init'}."
             )
 
     def init(key, input_shape):
@@ -195,6 +231,8 @@ def _chain(name: str, layers: Sequence[Layer], names: tuple[str, ...] | None = N
     def forward(params, x, state, ctx):
         check("params", params)
         check("state", state)
+        if n == 0:  # the identity: its cache remembers what dy must look like
+            return x, (Static(like(x)),), ()
         caches, new_states = [], []
         for i, layer in enumerate(lifted):
             at = labels[i]
@@ -206,6 +244,12 @@ def _chain(name: str, layers: Sequence[Layer], names: tuple[str, ...] | None = N
         return x, pack(caches), pack(new_states)
 
     def backward(params, cache, dy):
+        check("params", params)
+        if n == 0:
+            _check_tuple(name, "cache", cache, 1)
+            check_cotangent_tree(name, dy, cache[0].value)
+            return dy, ()
+        check("cache", cache)
         grads = [None] * n
         for i in reversed(range(n)):
             at = labels[i]
@@ -261,7 +305,13 @@ def parallel(*layers: Layer) -> Layer:
         return tuple(o[0] for o in out), tuple(o[1] for o in out), tuple(o[2] for o in out)
 
     def backward(params, cache, dy):
-        grads = [layers[i].backward(params[i], cache[i], dy[i]) for i in range(n)]
+        _check_tuple("parallel", "params", params, n)
+        _check_tuple("parallel", "cache", cache, n)
+        check_children("parallel", "cotangents (one per branch)", dy, n)
+        grads = []
+        for i, layer in enumerate(layers):
+            with _inside("parallel", str(i), layer):
+                grads.append(layer.backward(params[i], cache[i], dy[i]))
         return tuple(g[0] for g in grads), tuple(g[1] for g in grads)
 
     return make_combinator("parallel", layers, init, forward, backward)
@@ -277,7 +327,7 @@ def fan_out(n: int) -> Layer:
 
         dx = dy[0] + dy[1] + ... + dy[n-1]
 
-    Cache: nothing.
+    Cache: the input's shape (static, no array), which every ``dy[i]`` must have.
     """
     n = check_positive_int("fan_out", "n", n)
 
@@ -286,10 +336,11 @@ def fan_out(n: int) -> Layer:
 
     def forward(params, x):
         check_no_params("fan_out", params)
-        return (x,) * n, ()
+        return (x,) * n, Static(like(x))
 
     def backward(params, cache, dy):
-        check_children("fan_out", "cotangents", dy, n)
+        check_no_params("fan_out", params)
+        check_cotangent_tree("fan_out", dy, (cache.value,) * n)
         dx = None
         for d in dy:
             dx = _add(dx, d)
@@ -317,7 +368,8 @@ def fan_in_sum(n: int | None = None) -> Layer:
 
     Backward: ``dy/dx_i`` is the identity, so every input gets ``dy``: ``dx = (dy,) * n``.
 
-    Shapes must agree exactly (no silent broadcasting). Cache: nothing.
+    Shapes must agree exactly (no silent broadcasting). Cache: the number of inputs and
+    the output shape (static, no array).
     """
     n = None if n is None else check_positive_int("fan_in_sum", "n (or None)", n)
 
@@ -338,10 +390,13 @@ def fan_in_sum(n: int | None = None) -> Layer:
         y = x[0]
         for xi in x[1:]:
             y = y + xi
-        return y, Static(len(x))
+        return y, Static((len(x), like(y)))
 
     def backward(params, cache, dy):
-        return (dy,) * cache.value, ()
+        check_no_params("fan_in_sum", params)
+        count, expected = cache.value
+        check_cotangent_tree("fan_in_sum", dy, expected)
+        return (dy,) * count, ()
 
     return Layer(init, forward, backward, name="fan_in_sum")
 
@@ -354,7 +409,8 @@ def fan_in_concat(axis: int = -1, n: int | None = None) -> Layer:
       n: the expected number of inputs; ``None`` accepts any number (at least one).
 
     Backward: each input occupies its own slice of ``y``, so ``dy`` is split at the same
-    offsets: ``dx_i = dy[..., o_i : o_i + d_i, ...]``. Cache: the sizes ``d_i`` (static).
+    offsets: ``dx_i = dy[..., o_i : o_i + d_i, ...]``. Cache: the sizes ``d_i`` and the
+    output shape (static).
     """
     axis = check_int("fan_in_concat", "axis", axis)
     if axis == 0:
@@ -393,10 +449,13 @@ def fan_in_concat(axis: int = -1, n: int | None = None) -> Layer:
         _check_fan_in("fan_in_concat", "inputs", x, n)
         shapes = _shapes_of("fan_in_concat", x)
         ax = check(shapes)
-        return jnp.concatenate(x, axis=ax), Static((ax, tuple(s[ax] for s in shapes)))
+        y = jnp.concatenate(x, axis=ax)
+        return y, Static((ax, tuple(s[ax] for s in shapes), like(y)))
 
     def backward(params, cache, dy):
-        ax, sizes = cache.value
+        check_no_params("fan_in_concat", params)
+        ax, sizes, expected = cache.value
+        check_cotangent_tree("fan_in_concat", dy, expected)
         offsets = [sum(sizes[:i]) for i in range(1, len(sizes))]
         return tuple(jnp.split(dy, offsets, axis=ax)), ()
 
@@ -499,8 +558,9 @@ def remat(layer: Layer) -> Layer:
     def backward(params, cache, dy):
         x, state, ctx = cache
         x, params, state, dy = jax.lax.optimization_barrier((x, params, state, dy))
-        _, child_cache, _ = wide.forward(params, x, state, ctx)
-        return layer.backward(params, child_cache, dy)
+        with _inside("remat", "0", layer):
+            _, child_cache, _ = wide.forward(params, x, state, ctx)
+            return layer.backward(params, child_cache, dy)
 
     if layer.wide:
         return Layer(init, forward, backward, name="remat", wide=True, children=(layer,))
@@ -608,6 +668,8 @@ def graph(nodes: Mapping[str, tuple], output: str | Sequence[str]) -> Layer:
         return params, states, result(shapes)
 
     def forward(params, x, state, ctx):
+        _check_nodes("params", params, names)
+        _check_nodes("state", state, names)
         values, caches, new_states = {GRAPH_INPUT: x}, {}, {}
         for i, name in enumerate(names):
             values[name], caches[name], new_states[name] = _call_child(
@@ -623,12 +685,23 @@ def graph(nodes: Mapping[str, tuple], output: str | Sequence[str]) -> Layer:
         return result(values), caches, new_states
 
     def backward(params, cache, dy):
-        cotangents = dict(zip(outputs, (dy,) if isinstance(output, str) else dy, strict=True))
+        _check_nodes("params", params, names)
+        _check_nodes("cache", cache, names, maker="forward")
+        if isinstance(output, str):
+            cotangents = {output: dy}
+        else:
+            what = f"cotangents (one per output {list(outputs)})"
+            check_children("graph", what, dy, len(outputs))
+            cotangents = dict(zip(outputs, dy, strict=True))
         grads = {}
         for name in reversed(names):
-            dx, grads[name] = layers[name].backward(params[name], cache[name], cotangents[name])
+            with _inside("graph", name, layers[name]):
+                dx, grads[name] = layers[name].backward(params[name], cache[name], cotangents[name])
+                if multi[name]:
+                    check_children(name, "input cotangents from backward", dx, len(sources[name]))
             for src, d in zip(sources[name], dx if multi[name] else (dx,), strict=True):
-                cotangents[src] = _add(cotangents.get(src), d)
+                where = f"graph: {src!r}: " if src != GRAPH_INPUT else "graph: the input: "
+                cotangents[src] = _add(cotangents.get(src), d, where)
         return cotangents.get(GRAPH_INPUT), grads
 
     return make_combinator(

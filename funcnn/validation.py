@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
@@ -38,11 +38,13 @@ import numpy as np
 Shape = tuple[int, ...]
 
 __all__ = [
+    "Like",
     "check_array",
     "check_bool",
     "check_children",
     "check_choice",
     "check_cotangent",
+    "check_cotangent_tree",
     "check_ctx",
     "check_float",
     "check_input_shape",
@@ -56,6 +58,7 @@ __all__ = [
     "describe",
     "is_int",
     "is_shape",
+    "like",
     "parse_padding",
     "same_padding",
 ]
@@ -69,6 +72,9 @@ def describe(value) -> str:
         return f"array of shape {tuple(shape)} and dtype {value.dtype}"
     if isinstance(value, dict):
         return f"dict with keys {sorted(map(str, value))}"
+    if isinstance(value, (tuple, list)) and value and all(hasattr(v, "shape") for v in value):
+        shapes = ", ".join(str(tuple(v.shape)) for v in value)
+        return f"{type(value).__name__} of {len(value)} arrays of shapes [{shapes}]"
     if isinstance(value, (tuple, list)) and len(value) > 4:
         return f"{type(value).__name__} of length {len(value)}"
     return f"{type(value).__name__} {value!r}"
@@ -319,7 +325,7 @@ def check_float(name: str, what: str, x, *, min_ndim: int = 0) -> Shape:
     return shape
 
 
-def check_cotangent(name: str, dy, shape, *, what: str = "dy") -> None:
+def check_cotangent(name: str, dy, shape, *, what: str = "dy", floating: bool = True) -> None:
     """Check a cotangent against the output it belongs to: an array of exactly ``shape``,
     floating point. ``ValueError`` otherwise, naming both shapes.
 
@@ -328,8 +334,14 @@ def check_cotangent(name: str, dy, shape, *, what: str = "dy") -> None:
     silently, and a wrong spatial size could give wrong parameter gradients with a
     right-looking ``dx``. ``shape`` is static (known from the cache at trace time), so
     the check costs nothing in a compiled step.
+
+    With ``floating=False`` (an integer output, e.g. ids passed through a reshape) the
+    cotangent may also be ``None``, the library's "no gradient" for integer values, or an
+    array of any dtype.
     """
     shape = tuple(shape)
+    if dy is None and not floating:
+        return
     if not (hasattr(dy, "shape") and hasattr(dy, "dtype")):
         raise ValueError(
             f"{name}: {what} must be an array of shape {shape} (the shape of this layer's "
@@ -340,11 +352,52 @@ def check_cotangent(name: str, dy, shape, *, what: str = "dy") -> None:
             f"{name}: {what} must have the shape of this layer's output {shape}, got "
             f"{what} of shape {tuple(dy.shape)} (no broadcasting in backward)"
         )
-    if not _is_floating(dy.dtype):
+    if floating and not _is_floating(dy.dtype):
         raise ValueError(
             f"{name}: {what} must be floating point (it is the cotangent of a float "
             f"output of shape {shape}), got dtype {dy.dtype}"
         )
+
+
+class Like(NamedTuple):
+    """What a cotangent must match, statically: the output's shape and whether it is
+    floating point (an integer output's cotangent may be ``None``). Hashable, so a tree
+    of them travels in a cache as :class:`funcnn.core.Static` metadata."""
+
+    shape: Shape
+    floating: bool
+
+
+def like(tree):
+    """The :class:`Like` tree of an array or a (nested) tuple or list of arrays."""
+    if isinstance(tree, (tuple, list)):
+        return tuple(like(t) for t in tree)
+    return Like(tuple(tree.shape), _is_floating(tree.dtype))
+
+
+def _describe_like(tree) -> str:
+    if isinstance(tree, Like):
+        return str(tree.shape)
+    return "(" + ", ".join(_describe_like(t) for t in tree) + ("," if len(tree) == 1 else "") + ")"
+
+
+def check_cotangent_tree(name: str, dy, expected, *, what: str = "dy") -> None:
+    """:func:`check_cotangent` for an output that is a (nested) tuple of arrays.
+
+    ``expected`` is the output's :func:`like` tree; ``dy`` must have its structure (a
+    tuple of the same length at every level) and each leaf its shape. ``ValueError``
+    otherwise, naming the position (``dy[1]``) and both shapes.
+    """
+    if isinstance(expected, Like):
+        check_cotangent(name, dy, expected.shape, what=what, floating=expected.floating)
+        return
+    if not isinstance(dy, (tuple, list)) or len(dy) != len(expected):
+        raise ValueError(
+            f"{name}: {what} must be a tuple of {len(expected)} cotangents, one per output "
+            f"(output shapes {_describe_like(expected)}), got {describe(dy)}"
+        )
+    for i, (d, e) in enumerate(zip(dy, expected, strict=True)):
+        check_cotangent_tree(name, d, e, what=f"{what}[{i}]")
 
 
 def check_children(name: str, what: str, values, n: int) -> None:

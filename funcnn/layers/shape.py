@@ -16,6 +16,7 @@ from funcnn.validation import (
     check_input_shape,
     check_no_params,
     is_int,
+    like,
 )
 
 
@@ -49,11 +50,13 @@ def _reshape_layer(name: str, target_of) -> Layer:
         check_no_params(name, params)
         shape = check_array(name, "x", x, min_ndim=1)
         out_shape = _resolve(name, shape, target_of(shape))
-        return x.reshape(out_shape), Static(shape)
+        return x.reshape(out_shape), Static(like(x))
 
     def backward(params, cache, dy):
-        shape = cache.value
-        check_cotangent(name, dy, _resolve(name, shape, target_of(shape)))
+        shape, floating = cache.value
+        check_cotangent(name, dy, _resolve(name, shape, target_of(shape)), floating=floating)
+        if dy is None:  # integer ids reshaped: no gradient
+            return None, ()
         return dy.reshape(shape), ()
 
     return Layer(init, forward, backward, name=name)
@@ -62,7 +65,8 @@ def _reshape_layer(name: str, target_of) -> Layer:
 def flatten() -> Layer:
     """Flatten every axis but the batch axis: ``(N, d1, d2, ...) -> (N, d1 * d2 * ...)``.
 
-    Backward: ``dx = dy.reshape(x.shape)``. Cache: the input shape (static, no array).
+    Backward: ``dx = dy.reshape(x.shape)`` (``None`` for integer inputs). Cache: the input
+    shape and whether it is floating point (static, no array).
     """
     return _reshape_layer("flatten", lambda shape: (math.prod(shape[1:]),))
 
@@ -72,7 +76,8 @@ def reshape(shape) -> Layer:
 
     Shapes: ``x (N, ...) -> y (N, *shape)``.
 
-    Backward: ``dx = dy.reshape(x.shape)``. Cache: the input shape (static).
+    Backward: ``dx = dy.reshape(x.shape)`` (``None`` for integer inputs). Cache: the input
+    shape and whether it is floating point (static).
     """
     target = tuple(shape) if isinstance(shape, (tuple, list)) else (shape,)
     if not all(map(is_int, target)):
