@@ -38,6 +38,7 @@ import numpy as np
 from funcnn.validation import (  # noqa: F401
     check_array,
     check_children,
+    check_ctx,
     check_float,
     check_input_shape,
     check_no_params,
@@ -62,15 +63,33 @@ class Ctx:
     ``key`` is a pytree leaf (a raw ``jax.random.PRNGKey`` array, a typed
     ``jax.random.key``, or ``None``); ``train`` is static metadata, so switching
     it recompiles instead of becoming a traced boolean.
+
+    Write both by name, ``Ctx(key=key, train=True)``: a bool where the key belongs
+    (``Ctx(True)``, which would read as "key True, eval mode") and a ``train`` that is
+    not a bool raise a ``TypeError``.
     """
 
     key: Array | None = None
     train: bool = False
 
+    def __post_init__(self):
+        # JAX rebuilds a Ctx from its leaves (arrays, tracers, placeholders) when it
+        # traces; a Python bool is never one of them, so refusing it is safe.
+        if isinstance(self.key, (bool, np.bool_)):
+            raise TypeError(
+                f"Ctx: key must be a PRNG key or None, got {self.key!r}: pass the mode by "
+                f"name, Ctx(train={self.key!r}) or Ctx(key=key, train={self.key!r})"
+            )
+        if not isinstance(self.train, (bool, np.bool_)):
+            raise TypeError(
+                f"Ctx: train must be a bool (a static mode: True to train, False to "
+                f"evaluate), got {describe(self.train)}"
+            )
+
     def child(self, i: int) -> Ctx:
         """The context handed to the ``i``-th child of a combinator (key folded with ``i``)."""
         key = None if self.key is None else jax.random.fold_in(self.key, i)
-        return Ctx(key, self.train)
+        return Ctx(key=key, train=self.train)
 
 
 jax.tree_util.register_dataclass(Ctx, data_fields=["key"], meta_fields=["train"])
@@ -265,6 +284,7 @@ def make_combinator(
             if state is _MISSING or ctx is _MISSING:
                 model = Layer(init, forward, backward, name, True, children)
                 raise TypeError(wide_call_help(model))
+            check_ctx(name, ctx)
             return forward(params, x, state, ctx)
 
         return Layer(init, wide_forward, backward, name=name, wide=True, children=children)

@@ -152,6 +152,60 @@ def _count():
     return jnp.zeros((), jnp.int32)
 
 
+_COUNT_MAX = int(jnp.iinfo(jnp.int32).max)
+
+
+def _increment(count):
+    """``count + 1``, saturating at the int32 maximum instead of wrapping to a negative
+    step (where Adam's bias corrections ``1 - b^t`` would divide by zero or go NaN). Past
+    2^31 - 1 steps every bias correction is 1 and every schedule has long reached its end,
+    so holding the count there changes nothing."""
+    return jnp.where(count < _COUNT_MAX, count + 1, count).astype(count.dtype)
+
+
+def _leaf_shapes(tree) -> list[tuple[str, tuple[int, ...]]]:
+    """``[(path, shape)]`` of the array leaves of ``tree``, for error messages."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [(jax.tree_util.keystr(path), tuple(jnp.shape(leaf))) for path, leaf in leaves]
+
+
+def _words(tree) -> str:
+    items = _leaf_shapes(tree)
+    if not items:
+        return "no arrays"
+    shown = ", ".join(f"{p or 'the array'} {s}" for p, s in items[:6])
+    more = ", ..." if len(items) > 6 else ""
+    return f"{len(items)} array{'s' * (len(items) != 1)} ({shown}{more})"
+
+
+def _check_mirrors(name: str, what: str, tree, like, like_what: str = "the gradients"):
+    """``tree`` must have the structure and the leaf shapes of ``like``: no pytree errors
+    from deep inside a ``tree_map``, and no silent broadcasting of a ``(1, d)`` moment or
+    update against ``(n, d)`` params."""
+    same_tree = jax.tree_util.tree_structure(tree) == jax.tree_util.tree_structure(like)
+    if not same_tree or _leaf_shapes(tree) != _leaf_shapes(like):
+        raise ValueError(
+            f"{name}: {what} must mirror {like_what} (same structure and shapes): expected "
+            f"{_words(like)}, got {_words(tree)}"
+        )
+
+
+def _check_state(name: str, state, kind, updates, fields):
+    """The optimizer state must be this optimizer's (``kind``) with moments like ``updates``."""
+    if not isinstance(state, kind):
+        raise TypeError(
+            f"{name}: state must be a {kind.__name__} (made by this optimizer's init), got "
+            f"{describe(state)}"
+        )
+    for field in fields:
+        _check_mirrors(name, f"state.{field}", getattr(state, field), updates)
+
+
+def _check_params_like(name: str, params, updates):
+    if params is not None:
+        _check_mirrors(name, "params", params, updates)
+
+
 # --- optimizers ------------------------------------------------------------------------
 
 
@@ -194,6 +248,8 @@ def sgd(
         return SgdState(_count(), _zeros_like(params) if momentum else ())
 
     def update(updates, state, params=None):
+        _check_state("sgd", state, SgdState, updates, ("momentum",) if momentum else ())
+        _check_params_like("sgd", params, updates)
         if weight_decay:
             _need_params("sgd", params)
             updates = _map(lambda g, p: g + weight_decay * p, updates, params)
@@ -206,7 +262,7 @@ def sgd(
                 updates = _map(lambda g, b: _cast(b, g), updates, buffer)
         lr = _lr_at(learning_rate, state.count)
         updates = _map(lambda g: _cast(-lr * g, g), updates)
-        return updates, SgdState(state.count + 1, buffer)
+        return updates, SgdState(_increment(state.count), buffer)
 
     return GradientTransformation(init, update)
 
@@ -223,8 +279,10 @@ def rmsprop(
 
     Args:
       learning_rate: ``lr``, a float or a schedule.
-      decay: ``a``, the smoothing constant of the running averages.
-      eps: added to the denominator (outside the square root, as PyTorch).
+      decay: ``a``, the smoothing constant of the running averages, in ``[0, 1)``
+        (``a = 1`` would never update ``v``).
+      eps: added to the denominator (outside the square root, as PyTorch); positive (with
+        ``eps = 0`` a parameter whose gradients have been 0 gets ``0 / 0``).
       momentum: ``m``; 0 disables the momentum buffer.
       centered: divide by an estimate of the variance instead of the raw second moment.
       weight_decay: ``wd``, coupled (added to the gradient).
@@ -241,8 +299,10 @@ def rmsprop(
     State: :class:`RmspropState`.
     """
     learning_rate = _check_lr("rmsprop", learning_rate)
-    decay = check_number("rmsprop", "decay", decay, low=0.0, high=1.0)
-    eps = check_number("rmsprop", "eps", eps, low=0.0)
+    # decay == 1 would freeze v at 0 (every step divides by eps alone); eps == 0 divides
+    # 0 by 0 for a parameter whose gradients have all been 0 so far.
+    decay = check_number("rmsprop", "decay", decay, low=0, high=1, high_open=True)
+    eps = check_number("rmsprop", "eps", eps, low=0, low_open=True)
     momentum = check_number("rmsprop", "momentum", momentum, low=0.0)
     weight_decay = check_number("rmsprop", "weight_decay", weight_decay, low=0.0)
 
@@ -255,6 +315,9 @@ def rmsprop(
         )
 
     def update(updates, state, params=None):
+        fields = ("nu", *(("mu",) if centered else ()), *(("momentum",) if momentum else ()))
+        _check_state("rmsprop", state, RmspropState, updates, fields)
+        _check_params_like("rmsprop", params, updates)
         if weight_decay:
             _need_params("rmsprop", params)
             updates = _map(lambda g, p: g + weight_decay * p, updates, params)
@@ -272,7 +335,7 @@ def rmsprop(
             updates = _map(lambda g, b: _cast(-lr * b, g), updates, buffer)
         else:
             updates = _map(lambda g, d: _cast(-lr * g / d, g), updates, denom)
-        return updates, RmspropState(state.count + 1, nu, mu, buffer)
+        return updates, RmspropState(_increment(state.count), nu, mu, buffer)
 
     return GradientTransformation(init, update)
 
@@ -288,13 +351,15 @@ def _adam(name, learning_rate, b1, b2, eps, weight_decay, decoupled) -> Gradient
         return AdamState(_count(), _zeros_like(params), _zeros_like(params))
 
     def update(updates, state, params=None):
+        _check_state(name, state, AdamState, updates, ("mu", "nu"))
+        _check_params_like(name, params, updates)
         if weight_decay:
             _need_params(name, params)
         if weight_decay and not decoupled:
             updates = _map(lambda g, p: g + weight_decay * p, updates, params)
         mu = _map(lambda m, g: _cast(b1 * m + (1 - b1) * g, m), state.mu, updates)
         nu = _map(lambda v, g: _cast(b2 * v + (1 - b2) * g * g, v), state.nu, updates)
-        t = state.count + 1
+        t = _increment(state.count)
         lr = _lr_at(learning_rate, state.count)
         step_size = lr / (1 - b1**t)  # lr / bias correction of the first moment
         root_bc2 = jnp.sqrt(1 - b2**t)  # sqrt of the second moment's bias correction
@@ -406,9 +471,20 @@ def chain(*transforms) -> GradientTransformation:
 
 
 def global_norm(tree: PyTree) -> Array:
-    """The Euclidean norm of all leaves together: ``sqrt(sum of every element squared)``."""
+    """The Euclidean norm of all leaves together: ``sqrt(sum of every element squared)``.
+
+    Accumulated in at least float32: in float16 the squares of a norm of 3,000 already
+    overflow (float16 stops at 65,504), which would make every clipped update zero.
+    """
     leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+
+    def square_sum(x):
+        x = jnp.asarray(x)
+        return jnp.sum(jnp.square(x.astype(jnp.promote_types(x.dtype, jnp.float32))))
+
+    return jnp.sqrt(sum(square_sum(x) for x in leaves))
 
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
@@ -431,7 +507,12 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
 
 
 def apply_updates(params: PyTree, updates: PyTree) -> PyTree:
-    """``params + updates``, leaf by leaf, each result in its param's dtype."""
+    """``params + updates``, leaf by leaf, each result in its param's dtype.
+
+    ``updates`` must mirror ``params`` exactly (structure and shapes; ``ValueError``
+    otherwise): a ``(1, d)`` update is not broadcast over ``(n, d)`` params.
+    """
+    _check_mirrors("apply_updates", "updates", updates, params, "the params")
     return _map(lambda p, u: _cast(p + u, p), params, updates)
 
 

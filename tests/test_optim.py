@@ -329,7 +329,7 @@ def test_optax_interop():
         (lambda: optim.adam(1e-3, eps=-1.0), r"adam: eps must be a finite number >= 0, got -1.0"),
         (lambda: optim.adamw(1e-3, weight_decay=-1), r"adamw: weight_decay .* got -1"),
         (lambda: optim.adam(float("nan")), r"adam: learning_rate .* got nan"),
-        (lambda: optim.rmsprop(1e-3, decay=1.5), r"rmsprop: decay must be a number in \[0, 1\]"),
+        (lambda: optim.rmsprop(1e-3, decay=1.5), r"rmsprop: decay must be a number in \[0, 1\)"),
         (
             lambda: optim.clip_by_global_norm(0.0),
             r"clip_by_global_norm: max_norm must be a positive finite number, got 0.0",

@@ -226,3 +226,12 @@ def test_core_still_exports_the_checks():
     """Layers outside this package import the checks from funcnn.core, as they always did."""
     assert fn.core.check_params is v.check_params
     assert fn.core.check_positive_int is v.check_positive_int
+
+
+def test_ctx_refuses_a_bool_key_and_a_non_bool_mode():
+    with pytest.raises(TypeError, match=r"^Ctx: key must be a PRNG key or None, got True"):
+        fn.Ctx(True)
+    with pytest.raises(TypeError, match=r"^Ctx: train must be a bool .*got int 1"):
+        fn.Ctx(key=None, train=1)
+    ctx = fn.Ctx(key=jax.random.PRNGKey(0), train=True)
+    assert jax.jit(lambda c: c)(ctx).train is True  # still a pytree JAX can rebuild
