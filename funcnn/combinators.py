@@ -884,10 +884,14 @@ def tied(layer: Layer, *ties) -> Layer:
         return params, state, out_shape
 
     def forward(params, x, state, ctx):
-        return lifted.forward(fill(params), x, state, ctx)
+        full = fill(params)
+        with _inside(name, "0", layer):
+            return lifted.forward(full, x, state, ctx)
 
     def backward(params, cache, dy):
-        dx, grads = layer.backward(fill(params), cache, dy)
+        full = fill(params)
+        with _inside(name, "0", layer):
+            dx, grads = layer.backward(full, cache, dy)
         for s, t in pairs:
             total = jax.tree_util.tree_map(jnp.add, _get(grads, s), _get(grads, t))
             grads = _set(_set(grads, s, total), t, Tied(s))

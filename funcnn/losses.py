@@ -2,27 +2,35 @@
 
 Every loss is a :class:`funcnn.core.Loss`::
 
-    forward(pred, target)       -> (loss, cache)     # loss is a scalar
+    forward(pred, target)       -> (loss, cache)     # loss is a scalar (or see "none")
     backward(cache, dloss=1.0)  -> dpred             # targets get no gradient
 
-Each factory takes ``reduction="mean"`` or ``"sum"``. The numbers are PyTorch's: "mean"
-averages over every element for the elementwise losses (:func:`mse`, :func:`l1`,
-:func:`huber`, :func:`binary_cross_entropy_with_logits`) and over the batch (every axis
-but the class axis) for the classification losses (:func:`softmax_cross_entropy`,
-:func:`hinge`).
+Each factory takes ``reduction="mean"``, ``"sum"`` or ``"none"``. The numbers are
+PyTorch's: "mean" averages over every element for the elementwise losses (:func:`mse`,
+:func:`l1`, :func:`huber`, :func:`binary_cross_entropy_with_logits`) and over the batch
+(every axis but the class axis) for the classification losses
+(:func:`softmax_cross_entropy`, :func:`hinge`). "none" returns the unreduced losses: one
+per element (the prediction's shape) for the elementwise losses, one per row (the shape
+without the class axis) for the classification losses; its ``dloss`` is then the
+cotangent of that array (its shape), or a scalar that weighs every entry alike.
 
 Conventions shared by all of them:
 
-* ``pred`` (or ``logits``) must be floating point. ``loss`` and ``dpred`` have its dtype:
-  a float target is cast to it, and so is ``dloss``.
+* ``pred`` (or ``logits``) must be floating point. ``loss`` and ``dpred`` have its dtype.
+  float16 and bfloat16 inputs are computed, summed and divided in float32 and rounded
+  back at the end (as PyTorch does), so a mean over more elements than float16 can count
+  (65,504) or of squares that overflow it still comes out right.
+* Integer labels of any width work: labels narrower than 32 bits are widened before they
+  are compared with the class count (an int8 label could not hold 200 classes).
 * Elementwise losses never broadcast: ``pred`` and ``target`` must have the same shape.
 * The class axis is the last one (channels-last, unlike PyTorch's axis 1), and
   class indices are an integer array with the logits' shape minus that axis.
 * Class indices outside ``[0, C)`` cannot be detected while tracing (the values are not
   known then), so they are not an error: they make the loss and that sample's gradient
   row NaN, which no training run can miss.
-* ``dloss`` is the cotangent of the scalar loss (a Python number or a 0-d array), so
-  ``backward(cache, dloss)`` is the gradient of ``dloss * loss``.
+* ``dloss`` is the cotangent of the loss (a Python number or a 0-d array; for "none" an
+  array of the loss's shape also works), so ``backward(cache, dloss)`` is the gradient of
+  ``sum(dloss * loss)``.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn.core import Array, Loss, Static, check_array, check_float
+from funcnn.validation import check_choice, check_number
 
 __all__ = [
     "binary_cross_entropy_with_logits",
@@ -44,38 +53,62 @@ __all__ = [
     "softmax_cross_entropy",
 ]
 
-_REDUCTIONS = ("mean", "sum")
+_REDUCTIONS = ("mean", "sum", "none")
 
 
 # --- shared helpers --------------------------------------------------------------------
 
 
 def _check_reduction(name: str, reduction) -> str:
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-        raise ValueError(f"{name}: reduction must be 'mean' or 'sum', got {reduction!r}")
-    return reduction
+    return check_choice(name, "reduction", reduction, _REDUCTIONS)
 
 
-def _reduce(values: Array, reduction: str, count: int) -> Array:
-    """Sum ``values``, divided by ``count`` for "mean"."""
+def _wide_dtype(dtype):
+    """The dtype the arithmetic runs in: at least float32 (half precision overflows)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _wide(x: Array) -> Array:
+    return x.astype(_wide_dtype(x.dtype))
+
+
+def _reduce(values: Array, reduction: str, count: int, dtype) -> Array:
+    """The loss from per-entry ``values`` (wide dtype), in ``dtype``: the values themselves
+    ("none"), their sum, or the sum divided by ``count`` ("mean")."""
+    if reduction == "none":
+        return values.astype(dtype)
     total = jnp.sum(values)
-    return total / count if reduction == "mean" else total
+    return (total / count if reduction == "mean" else total).astype(dtype)
 
 
-def _scale(name: str, dloss, reduction: str, count: int, dtype) -> Array:
-    """The factor every gradient entry gets: ``dloss`` (divided by ``count`` for "mean")."""
+def _scale(name: str, dloss, reduction: str, count: int, shape, dtype) -> Array:
+    """The factor every gradient entry gets, in the wide dtype: ``dloss`` (divided by
+    ``count`` for "mean"). For "none" ``dloss`` is a scalar or has the loss's ``shape``."""
+    wide = _wide_dtype(dtype)
+    if reduction == "none":
+        if jnp.ndim(dloss) != 0 and tuple(jnp.shape(dloss)) != tuple(shape):
+            raise ValueError(
+                f"{name}: with reduction='none', dloss must be a scalar or have the loss's "
+                f"shape {tuple(shape)}, got shape {tuple(jnp.shape(dloss))}"
+            )
+        return jnp.asarray(dloss).astype(wide)
     if jnp.ndim(dloss) != 0:
         raise ValueError(
             f"{name}: dloss must be a scalar (the cotangent of the scalar loss), "
             f"got shape {tuple(jnp.shape(dloss))}"
         )
-    dloss = jnp.asarray(dloss, dtype)
+    dloss = jnp.asarray(dloss).astype(wide)
     # max(count, 1): an empty input has an empty gradient; avoid a Python ZeroDivisionError.
     return dloss / max(count, 1) if reduction == "mean" else dloss
 
 
+def _per_row(scale: Array) -> Array:
+    """A per-row factor ("none") broadcast over the class axis; a scalar stays one."""
+    return scale[..., None] if scale.ndim else scale
+
+
 def _check_pair(name: str, pred, target) -> Array:
-    """Validate an elementwise loss's inputs; return ``target`` in ``pred``'s dtype."""
+    """Validate an elementwise loss's inputs; return ``target`` in the wide dtype."""
     check_float(name, "pred", pred)
     check_array(name, "target", target)
     if tuple(pred.shape) != tuple(target.shape):
@@ -89,7 +122,7 @@ def _check_pair(name: str, pred, target) -> Array:
         or jnp.issubdtype(target.dtype, jnp.bool_)
     ):
         raise TypeError(f"{name}: target must be a real array, got dtype {target.dtype}")
-    return jnp.asarray(target, pred.dtype)
+    return jnp.asarray(target).astype(_wide_dtype(pred.dtype))
 
 
 def _check_logits(name: str, logits) -> int:
@@ -116,6 +149,11 @@ def _is_integer(a) -> bool:
     return jnp.issubdtype(a.dtype, jnp.integer)
 
 
+def _wide_labels(labels: Array) -> Array:
+    """Labels of fewer than 32 bits as int32, so ``labels < C`` never wraps ``C``."""
+    return labels.astype(jnp.int32) if labels.dtype.itemsize < 4 else labels
+
+
 def _one_hot(labels: Array, num_classes: int) -> Array:
     """Boolean one-hot ``(..., C)`` of integer ``labels (...)``; all False out of range."""
     classes = jnp.arange(num_classes).reshape((1,) * labels.ndim + (num_classes,))
@@ -135,7 +173,8 @@ def mse(reduction: str = "mean") -> Loss:
     There is no 1/2 factor (as PyTorch's ``MSELoss``).
 
     Args:
-      reduction: ``"mean"`` (over all elements) or ``"sum"``.
+      reduction: ``"mean"`` (over all elements), ``"sum"``, or ``"none"`` (one loss per
+        element, the prediction's shape).
 
     Shapes: ``pred (...)`` and ``target`` of the same shape -> a scalar.
 
@@ -162,12 +201,13 @@ def mse(reduction: str = "mean") -> Loss:
 
     def forward(pred, target):
         target = _check_pair(name, pred, target)
-        d = pred - target
-        return _reduce(d * d, reduction, d.size), d
+        d = _wide(pred) - target
+        return _reduce(d * d, reduction, d.size, pred.dtype), d.astype(pred.dtype)
 
     def backward(d, dloss=1.0):
         # loss = s * sum d^2  =>  dloss/dpred = s * 2 d.
-        return _scale(name, dloss, reduction, d.size, d.dtype) * 2 * d
+        scale = _scale(name, dloss, reduction, d.size, d.shape, d.dtype)
+        return (scale * 2 * _wide(d)).astype(d.dtype)
 
     return Loss(forward, backward, name)
 
@@ -178,7 +218,8 @@ def l1(reduction: str = "mean") -> Loss:
     As PyTorch's ``L1Loss``, the (sub)gradient at ``pred == target`` is 0.
 
     Args:
-      reduction: ``"mean"`` (over all elements) or ``"sum"``.
+      reduction: ``"mean"`` (over all elements), ``"sum"``, or ``"none"`` (one loss per
+        element, the prediction's shape).
 
     Shapes: ``pred (...)`` and ``target`` of the same shape -> a scalar.
 
@@ -206,12 +247,13 @@ def l1(reduction: str = "mean") -> Loss:
 
     def forward(pred, target):
         target = _check_pair(name, pred, target)
-        d = pred - target
-        return _reduce(jnp.abs(d), reduction, d.size), jnp.sign(d)
+        d = _wide(pred) - target
+        return _reduce(jnp.abs(d), reduction, d.size, pred.dtype), jnp.sign(d).astype(pred.dtype)
 
     def backward(sign, dloss=1.0):
         # loss = s * sum |d|  =>  dloss/dpred = s * sign(d).
-        return _scale(name, dloss, reduction, sign.size, sign.dtype) * sign
+        scale = _scale(name, dloss, reduction, sign.size, sign.shape, sign.dtype)
+        return (scale * _wide(sign)).astype(sign.dtype)
 
     return Loss(forward, backward, name)
 
@@ -221,7 +263,8 @@ def huber(delta: float = 1.0, reduction: str = "mean") -> Loss:
 
     Args:
       delta: where the quadratic part meets the linear part; a positive number.
-      reduction: ``"mean"`` (over all elements) or ``"sum"``.
+      reduction: ``"mean"`` (over all elements), ``"sum"``, or ``"none"`` (one loss per
+        element, the prediction's shape).
 
     Shapes: ``pred (...)`` and ``target`` of the same shape -> a scalar.
 
@@ -247,19 +290,19 @@ def huber(delta: float = 1.0, reduction: str = "mean") -> Loss:
     Array([0.5, 1. ], dtype=float32)
     """
     name = "huber"
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (0 < delta < math.inf):
-        raise ValueError(f"{name}: delta must be a positive finite number, got {delta!r}")
+    delta = check_number(name, "delta", delta, low=0, low_open=True)
     reduction = _check_reduction(name, reduction)
 
     def forward(pred, target):
         target = _check_pair(name, pred, target)
-        d = pred - target
+        d = _wide(pred) - target
         c = jnp.clip(d, -delta, delta)
-        return _reduce(c * (d - 0.5 * c), reduction, d.size), c
+        return _reduce(c * (d - 0.5 * c), reduction, d.size, pred.dtype), c.astype(pred.dtype)
 
     def backward(c, dloss=1.0):
         # h'(d) = clip(d, -delta, delta), which is what the forward cached.
-        return _scale(name, dloss, reduction, c.size, c.dtype) * c
+        scale = _scale(name, dloss, reduction, c.size, c.shape, c.dtype)
+        return (scale * _wide(c)).astype(c.dtype)
 
     return Loss(forward, backward, name)
 
@@ -273,7 +316,8 @@ def binary_cross_entropy_with_logits(reduction: str = "mean") -> Loss:
     As PyTorch's ``BCEWithLogitsLoss``; stable for logits of any magnitude.
 
     Args:
-      reduction: ``"mean"`` (over all elements) or ``"sum"``.
+      reduction: ``"mean"`` (over all elements), ``"sum"``, or ``"none"`` (one loss per
+        element, the prediction's shape).
 
     Shapes: ``logits (...)`` and ``target`` of the same shape -> a scalar. The target may
     be float (probabilities) or integer/bool (0/1); it is cast to the logits' dtype.
@@ -303,29 +347,37 @@ def binary_cross_entropy_with_logits(reduction: str = "mean") -> Loss:
 
     def forward(logits, target):
         t = _check_pair(name, logits, target)
-        x = logits
+        x = _wide(logits)
         per_element = jnp.maximum(x, 0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x)))
-        return _reduce(per_element, reduction, x.size), jax.nn.sigmoid(x) - t
+        residual = (jax.nn.sigmoid(x) - t).astype(logits.dtype)
+        return _reduce(per_element, reduction, x.size, logits.dtype), residual
 
     def backward(residual, dloss=1.0):
         # dl/dx = sigmoid(x) - t, which is what the forward cached.
-        return _scale(name, dloss, reduction, residual.size, residual.dtype) * residual
+        scale = _scale(name, dloss, reduction, residual.size, residual.shape, residual.dtype)
+        return (scale * _wide(residual)).astype(residual.dtype)
 
     return Loss(forward, backward, name)
 
 
-def softmax_cross_entropy(reduction: str = "mean", *, ignore_index: int | None = None) -> Loss:
+def softmax_cross_entropy(
+    reduction: str = "mean", *, ignore_index: int | None = None, label_smoothing: float = 0.0
+) -> Loss:
     """Cross-entropy of ``softmax(logits)`` against class indices or class probabilities.
 
     As PyTorch's ``CrossEntropyLoss``, with the class axis last.
 
     Args:
-      reduction: ``"mean"`` (over the batch: every axis but the class axis) or ``"sum"``.
+      reduction: ``"mean"`` (over the batch: every axis but the class axis), ``"sum"``, or
+        ``"none"`` (one loss per row, the logits' shape without the class axis).
       ignore_index: a label value that counts for nothing (e.g. the padding of sequence
         targets): such rows add 0 to the loss, get a zero gradient row, and "mean" divides
         by the number of the other rows (PyTorch's rule; with no row counted the loss is
         NaN, 0/0, and the gradient is zero, as in PyTorch). It may lie outside ``[0, C)``
         (PyTorch's default is -100). Integer labels only.
+      label_smoothing: ``eps`` in ``[0, 1]``, PyTorch's: the target becomes
+        ``(1 - eps) * t + eps / C`` (``t`` the one-hot of the label, or the given
+        probabilities), i.e. ``eps`` of the mass spread evenly over the ``C`` classes.
 
     Shapes: ``logits (..., C)`` and either integer ``labels (...)`` (class indices) or float
     ``target (..., C)`` (class probabilities, e.g. one-hot or smoothed) -> a scalar. With
@@ -344,6 +396,10 @@ def softmax_cross_entropy(reduction: str = "mean", *, ignore_index: int | None =
 
         dlogits = dloss * s * (p - onehot(y))          (labels)
         dlogits = dloss * s * (p * sum_c t_c - t)      (probabilities)
+
+    With label smoothing the target is ``t' = (1 - eps) t + eps / C`` in both formulas;
+    for labels ``l = -(1 - eps) log p_y - eps * mean_c log p_c`` and
+    ``dlogits = dloss * s * (p - (1 - eps) onehot(y) - eps / C)``.
 
     With ``ignore_index``, ``N`` is the number of counted rows and ignored rows have
     ``l = 0`` and ``dlogits = 0``.
@@ -373,6 +429,7 @@ def softmax_cross_entropy(reduction: str = "mean", *, ignore_index: int | None =
         isinstance(ignore_index, bool) or not isinstance(ignore_index, int)
     ):
         raise TypeError(f"{name}: ignore_index must be an int or None, got {ignore_index!r}")
+    eps = check_number(name, "label_smoothing", label_smoothing, low=0, high=1)
 
     def counted(labels):
         """Which rows count (``None``: all of them)."""
@@ -383,23 +440,31 @@ def softmax_cross_entropy(reduction: str = "mean", *, ignore_index: int | None =
             return jnp.ones(labels.shape, bool)
         return labels != ignore_index
 
+    def smoothed(t):
+        """Probability targets with ``eps`` of their mass spread evenly over the classes."""
+        return t if eps == 0 else (1 - eps) * t + eps / t.shape[-1]
+
     def forward(logits, target):
         num_classes = _check_logits(name, logits)
         check_array(name, "target", target)
-        shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+        x = _wide(logits)
+        shifted = x - jnp.max(x, axis=-1, keepdims=True)
         log_p = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
-        p = jnp.exp(log_p)
+        p = jnp.exp(log_p).astype(logits.dtype)
         if _is_integer(target):
             _check_labels(name, logits, target)
+            target = _wide_labels(target)
             picked = jnp.sum(jnp.where(_one_hot(target, num_classes), log_p, 0), axis=-1)
+            if eps:
+                picked = (1 - eps) * picked + eps * jnp.mean(log_p, axis=-1)
             per_row = jnp.where(_valid(target, num_classes), -picked, jnp.nan)
             keep = counted(target)
             if keep is not None:
                 # Ignored rows add nothing; "mean" divides by the rows that count.
                 per_row = jnp.where(keep, per_row, 0)
-                total = jnp.sum(per_row)
-                count = jnp.sum(keep).astype(total.dtype)
-                return (total / count if reduction == "mean" else total), (p, target)
+                if reduction == "mean":
+                    total = jnp.sum(per_row) / jnp.sum(keep).astype(per_row.dtype)
+                    return total.astype(logits.dtype), (p, target)
         elif ignore_index is not None:
             raise ValueError(
                 f"{name}: ignore_index applies to integer class labels, got a target of "
@@ -413,34 +478,38 @@ def softmax_cross_entropy(reduction: str = "mean", *, ignore_index: int | None =
                     f"{tuple(target.shape)}. For class indices pass an integer array "
                     f"of shape {tuple(logits.shape[:-1])}."
                 )
-            target = jnp.asarray(target, logits.dtype)
-            per_row = -jnp.sum(target * log_p, axis=-1)
+            target = jnp.asarray(target).astype(logits.dtype)
+            per_row = -jnp.sum(smoothed(_wide(target)) * log_p, axis=-1)
         else:
             raise TypeError(
                 f"{name}: target must be integer class indices or float class "
                 f"probabilities, got dtype {target.dtype}"
             )
-        return _reduce(per_row, reduction, per_row.size), (p, target)
+        return _reduce(per_row, reduction, per_row.size, logits.dtype), (p, target)
 
     def backward(cache, dloss=1.0):
         p, target = cache
         num_classes = p.shape[-1]
-        scale = _scale(name, dloss, reduction, p.size // num_classes, p.dtype)
+        rows = p.shape[:-1]
+        scale = _scale(name, dloss, reduction, p.size // num_classes, rows, p.dtype)
+        q = _wide(p)
         if _is_integer(target):
-            # l = logsumexp(x) - x_y  =>  dl/dx = p - onehot(y).
-            g = p - _one_hot(target, num_classes).astype(p.dtype)
+            # l = logsumexp(x) - sum_c t'_c x_c with t' = (1 - eps) onehot(y) + eps / C
+            #   =>  dl/dx = p - t'.
+            g = q - (1 - eps) * _one_hot(target, num_classes).astype(q.dtype) - eps / num_classes
             g = jnp.where(_valid(target, num_classes)[..., None], g, jnp.nan)
             keep = counted(target)
             if keep is not None:  # ignored rows: no gradient; "mean" over the counted rows
                 g = jnp.where(keep[..., None], g, 0)
-                scale = _scale(name, dloss, "sum", 1, p.dtype)
                 if reduction == "mean":
                     # max(count, 1): with no row counted every row of g is 0 (PyTorch's 0).
-                    scale = scale / jnp.maximum(jnp.sum(keep), 1).astype(p.dtype)
+                    scale = _scale(name, dloss, "sum", 1, rows, p.dtype)
+                    scale = scale / jnp.maximum(jnp.sum(keep), 1).astype(q.dtype)
         else:
-            # l = sum_c t_c (logsumexp(x) - x_c)  =>  dl/dx = p * sum_c t_c - t.
-            g = p * jnp.sum(target, axis=-1, keepdims=True) - target
-        return scale * g
+            # l = sum_c t'_c (logsumexp(x) - x_c)  =>  dl/dx = p * sum_c t'_c - t'.
+            t = smoothed(_wide(target))
+            g = q * jnp.sum(t, axis=-1, keepdims=True) - t
+        return (_per_row(scale) * g).astype(p.dtype)
 
     return Loss(forward, backward, name)
 
@@ -449,7 +518,8 @@ def hinge(reduction: str = "mean", *, margin: float = 1.0) -> Loss:
     """Multi-class hinge loss, PyTorch's ``MultiMarginLoss`` (p=1), from scores and class indices.
 
     Args:
-      reduction: ``"mean"`` (over the batch: every axis but the class axis) or ``"sum"``.
+      reduction: ``"mean"`` (over the batch: every axis but the class axis), ``"sum"``, or
+        ``"none"`` (one loss per row, the logits' shape without the class axis).
       margin: the margin the true class's score must beat the others by (default 1).
 
     Shapes: ``scores (..., C)`` and integer ``labels (...)`` -> a scalar; ``N`` rows as in
@@ -483,12 +553,7 @@ def hinge(reduction: str = "mean", *, margin: float = 1.0) -> Loss:
     """
     name = "hinge"
     reduction = _check_reduction(name, reduction)
-    if (
-        isinstance(margin, bool)
-        or not isinstance(margin, (int, float))
-        or not math.isfinite(margin)
-    ):
-        raise ValueError(f"{name}: margin must be a finite number, got {margin!r}")
+    margin = check_number(name, "margin", margin)
 
     def forward(scores, labels):
         num_classes = _check_logits(name, scores)
@@ -498,24 +563,28 @@ def hinge(reduction: str = "mean", *, margin: float = 1.0) -> Loss:
                 f"{name}: labels must be integer class indices, got dtype {labels.dtype}"
             )
         _check_labels(name, scores, labels)
+        labels = _wide_labels(labels)
+        x = _wide(scores)
         onehot = _one_hot(labels, num_classes)
-        true_score = jnp.sum(jnp.where(onehot, scores, 0), axis=-1, keepdims=True)
-        margins = margin - true_score + scores
+        true_score = jnp.sum(jnp.where(onehot, x, 0), axis=-1, keepdims=True)
+        margins = margin - true_score + x
         active = (margins > 0) & ~onehot
         per_row = jnp.sum(jnp.where(active, margins, 0), axis=-1) / num_classes
         per_row = jnp.where(_valid(labels, num_classes), per_row, jnp.nan)
-        return _reduce(per_row, reduction, per_row.size), (active, labels, Static(scores.dtype))
+        loss = _reduce(per_row, reduction, per_row.size, scores.dtype)
+        return loss, (active, labels, Static(scores.dtype))
 
     def backward(cache, dloss=1.0):
         active, labels, dtype = cache
         num_classes = active.shape[-1]
-        scale = _scale(name, dloss, reduction, active.size // num_classes, dtype.value)
-        a = active.astype(dtype.value)
+        rows = active.shape[:-1]
+        scale = _scale(name, dloss, reduction, active.size // num_classes, rows, dtype.value)
+        a = active.astype(scale.dtype)
         # Each active margin m_i = margin - x_y + x_i: +1 to x_i, -1 to x_y.
         count = jnp.sum(a, axis=-1, keepdims=True)
-        g = a - _one_hot(labels, num_classes).astype(dtype.value) * count
+        g = a - _one_hot(labels, num_classes).astype(scale.dtype) * count
         g = jnp.where(_valid(labels, num_classes)[..., None], g, jnp.nan)
-        return (scale / num_classes) * g
+        return (_per_row(scale) / num_classes * g).astype(dtype.value)
 
     return Loss(forward, backward, name)
 

@@ -393,10 +393,10 @@ def test_backward_errors():
     params, _ = layer.init(jax.random.PRNGKey(0), (2, 3, 4))
     _, cache = layer.forward(params, jnp.ones((2, 3, 4)))
     with pytest.raises(
-        ValueError, match=r"multi_head_attention: dy must have the output's shape \(2, 3, 4\)"
+        ValueError, match=r"multi_head_attention: dy must have the shape .* \(2, 3, 4\)"
     ):
         layer.backward(params, cache, jnp.ones((1, 3, 4)))  # would broadcast silently
-    with pytest.raises(TypeError, match="dy must be a floating-point array"):
+    with pytest.raises(ValueError, match="multi_head_attention: dy must be floating point"):
         layer.backward(params, cache, jnp.ones((2, 3, 4), jnp.int32))
     core = scaled_dot_product_attention()
     _, core_cache = core.forward((), (jnp.ones((1, 2, 3, 4)),) * 3)
@@ -405,10 +405,10 @@ def test_backward_errors():
     pos = positional_embedding(4)
     pos_params, _ = pos.init(jax.random.PRNGKey(0), (2, 3, 4))
     _, pos_cache = pos.forward(pos_params, jnp.ones((2, 3, 4)))
-    with pytest.raises(ValueError, match=r"positional_embedding: dy must have the output's"):
+    with pytest.raises(ValueError, match=r"positional_embedding: dy must have the shape of this"):
         pos.backward(pos_params, pos_cache, jnp.ones((2, 4, 4)))
     head = unembedding(5)
     head_params, _ = head.init(jax.random.PRNGKey(0), (2, 4))
     _, head_cache = head.forward(head_params, jnp.ones((2, 4)))
-    with pytest.raises(ValueError, match=r"unembedding: dy must have the output's shape \(2, 5\)"):
+    with pytest.raises(ValueError, match=r"unembedding: dy must have the shape .* \(2, 5\)"):
         head.backward(head_params, head_cache, jnp.ones((2, 4)))

@@ -463,22 +463,33 @@ def test_backward_is_linear_in_dloss(name):
 # --- errors ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["avg", "none", None, 1])
+@pytest.mark.parametrize(
+    "bad, error", [("avg", ValueError), ("Mean", ValueError), (None, TypeError), (1, TypeError)]
+)
 @pytest.mark.parametrize("name", sorted(FACTORIES))
-def test_bad_reduction(name, bad):
-    with pytest.raises(ValueError, match=rf"^{name}: reduction must be 'mean' or 'sum', got"):
+def test_bad_reduction(name, bad, error):
+    message = rf"^{name}: reduction must be one of 'mean', 'sum', 'none', got"
+    with pytest.raises(error, match=message):
         FACTORIES[name](reduction=bad)
 
 
-@pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan"), True, "1"])
-def test_huber_bad_delta(bad):
-    with pytest.raises(ValueError, match=r"^huber: delta must be a positive finite number"):
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        *[(0, ValueError), (-1.0, ValueError), (float("inf"), ValueError)],
+        *[(float("nan"), ValueError), (True, TypeError), ("1", TypeError)],
+    ],
+)
+def test_huber_bad_delta(bad, error):
+    with pytest.raises(error, match=r"^huber: delta must be a positive finite number"):
         losses.huber(delta=bad)
 
 
-@pytest.mark.parametrize("bad", [float("inf"), float("nan"), None])
-def test_hinge_bad_margin(bad):
-    with pytest.raises(ValueError, match=r"^hinge: margin must be a finite number"):
+@pytest.mark.parametrize(
+    "bad, error", [(float("inf"), ValueError), (float("nan"), ValueError), (None, TypeError)]
+)
+def test_hinge_bad_margin(bad, error):
+    with pytest.raises(error, match=r"^hinge: margin must be a finite number"):
         losses.hinge(margin=bad)
 
 
@@ -616,3 +627,109 @@ def test_cross_entropy_ignore_index_errors():
         ValueError, match=r"^softmax_cross_entropy: ignore_index applies to integer class labels"
     ):
         losses.softmax_cross_entropy(ignore_index=0).forward(jnp.zeros((2, 3)), jnp.ones((2, 3)))
+
+
+# --- reduction="none" -------------------------------------------------------------------
+
+
+def _loss_inputs(name, shape=(3, 4)):
+    if name in ELEMENTWISE:
+        return _elementwise_inputs(name, shape, seed=7)
+    logits = 2.0 * jax.random.normal(jax.random.PRNGKey(7), shape, jnp.float64)
+    return logits, _labels(8, shape[:-1], shape[-1])
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_reduction_none_gives_one_loss_per_entry(name):
+    pred, target = _loss_inputs(name)
+    per_entry, cache = FACTORIES[name](reduction="none").forward(pred, target)
+    expected_shape = pred.shape if name in ELEMENTWISE else pred.shape[:-1]
+    assert per_entry.shape == expected_shape and per_entry.dtype == jnp.float64
+    total, sum_cache = FACTORIES[name](reduction="sum").forward(pred, target)
+    np.testing.assert_allclose(per_entry.sum(), total, rtol=1e-12)
+    # A scalar dloss weighs every entry: the gradient of the sum.
+    none = FACTORIES[name](reduction="none")
+    np.testing.assert_allclose(
+        none.backward(cache, 2.0),
+        FACTORIES[name](reduction="sum").backward(sum_cache, 2.0),
+        rtol=1e-12,
+    )
+    # An array dloss is the cotangent of the per-entry losses: jax.vjp of our forward.
+    dloss = jax.random.normal(jax.random.PRNGKey(9), expected_shape, jnp.float64)
+    _, vjp = jax.vjp(lambda p: none.forward(p, target)[0], pred)
+    np.testing.assert_allclose(none.backward(cache, dloss), vjp(dloss)[0], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=rf"^{name}: with reduction='none', dloss must be a"):
+        none.backward(cache, jnp.ones((1, *expected_shape[1:]) if expected_shape[0] > 1 else (2,)))
+
+
+def test_reduction_none_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(11)
+    pred, target = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    nn = torch.nn
+    pairs = [
+        (losses.mse("none"), nn.MSELoss(reduction="none"), target),
+        (losses.l1("none"), nn.L1Loss(reduction="none"), target),
+        (losses.huber(0.5, "none"), nn.HuberLoss(reduction="none", delta=0.5), target),
+        (
+            losses.binary_cross_entropy_with_logits("none"),
+            nn.BCEWithLogitsLoss(reduction="none"),
+            rng.uniform(size=(4, 3)),
+        ),
+    ]
+    labels = rng.integers(0, 3, size=4)
+    labels[1] = -100
+    for ours, theirs, t in pairs:
+        value, _ = ours.forward(jnp.asarray(pred), jnp.asarray(t))
+        ref = theirs(torch.tensor(pred), torch.tensor(t)).numpy()
+        np.testing.assert_allclose(value, ref, rtol=1e-12, atol=1e-14)
+    ce = losses.softmax_cross_entropy("none", ignore_index=-100)
+    value, _ = ce.forward(jnp.asarray(pred), jnp.asarray(labels))
+    ref = nn.CrossEntropyLoss(reduction="none")(torch.tensor(pred), torch.tensor(labels))
+    np.testing.assert_allclose(value, ref.numpy(), rtol=1e-12, atol=1e-14)  # ignored row: 0
+    hinge = losses.hinge("none")
+    value, _ = hinge.forward(jnp.asarray(pred), jnp.asarray(np.abs(labels) % 3))
+    ref = nn.MultiMarginLoss(reduction="none")(torch.tensor(pred), torch.tensor(np.abs(labels) % 3))
+    np.testing.assert_allclose(value, ref.numpy(), rtol=1e-12, atol=1e-14)
+
+
+# --- label smoothing -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reduction", ("mean", "sum", "none"))
+@pytest.mark.parametrize("target_kind", ["labels", "ignored labels", "probabilities"])
+def test_label_smoothing_matches_torch(reduction, target_kind):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(12)
+    logits = rng.normal(size=(5, 4)) * 3
+    ignore = -100 if target_kind == "ignored labels" else None
+    if target_kind == "probabilities":
+        target, dtype = rng.dirichlet(np.ones(4), size=5), None
+    else:
+        target, dtype = rng.integers(0, 4, size=5), torch.int64
+        if ignore is not None:
+            target[[1, 3]] = ignore
+    ce = torch.nn.CrossEntropyLoss(reduction=reduction, label_smoothing=0.2)  # ignores -100
+    p = torch.tensor(logits, requires_grad=True)
+    value_t = ce(p, torch.tensor(target, dtype=dtype or torch.float64))
+    value_t.sum().backward()
+    ours = losses.softmax_cross_entropy(reduction, ignore_index=ignore, label_smoothing=0.2)
+    value, cache = ours.forward(jnp.asarray(logits), jnp.asarray(target))
+    np.testing.assert_allclose(value, value_t.detach().numpy(), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ours.backward(cache), p.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_label_smoothing_backward_matches_jax_grad_and_bounds():
+    logits = jax.random.normal(jax.random.PRNGKey(3), (3, 5), jnp.float64)
+    labels = _labels(4, (3,), 5)
+    for eps in (0.0, 0.1, 1.0):
+        loss = losses.softmax_cross_entropy(label_smoothing=eps)
+        _assert_matches_grad(loss, logits, labels, 1.5)
+    # eps = 1: the target is uniform whatever the label
+    uniform, _ = losses.softmax_cross_entropy(label_smoothing=1.0).forward(logits, labels)
+    other, _ = losses.softmax_cross_entropy(label_smoothing=1.0).forward(logits, (labels + 1) % 5)
+    np.testing.assert_allclose(uniform, other, rtol=1e-14)
+    with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\], got 1.5"):
+        losses.softmax_cross_entropy(label_smoothing=1.5)
+    with pytest.raises(TypeError, match=r"label_smoothing must be a number in \[0, 1\]"):
+        losses.softmax_cross_entropy(label_smoothing="0.1")

@@ -13,9 +13,64 @@ import numpy as np
 import pytest
 
 import funcnn as fn
-from funcnn import optim
+from funcnn import losses, optim
 
 KEY = jax.random.PRNGKey(0)
+
+
+# --- item 2: float16 losses accumulate in float32 --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, diff, expected",
+    [
+        (losses.mse, 0.1, 0.01),
+        (losses.l1, 0.1, 0.1),
+        (lambda: losses.huber(delta=1.0), 0.1, 0.005),
+    ],
+)
+def test_item_2_float16_mean_over_many_elements_is_not_zero(make, diff, expected):
+    n = 70_000  # more elements than float16 can count (its largest value is 65,504)
+    pred = jnp.full((n,), diff, jnp.float16)
+    value, cache = make().forward(pred, jnp.zeros((n,), jnp.float16))
+    assert value.dtype == jnp.float16
+    np.testing.assert_allclose(float(value), expected, rtol=2e-3)
+    grad = make().backward(cache)
+    assert grad.dtype == jnp.float16 and bool(jnp.all(grad > 0))  # not flushed to zero
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (losses.mse, 100.0),
+        (losses.l1, 10.0),
+        (lambda: losses.huber(delta=1.0), 9.5),
+        (losses.binary_cross_entropy_with_logits, 10.0 + math.log1p(math.exp(-10.0))),
+    ],
+)
+def test_item_2_float16_mean_of_large_values_does_not_overflow(make, expected):
+    pred = jnp.full((1000,), 10.0, jnp.float16)  # the float16 sum would be inf
+    value, _ = make().forward(pred, jnp.zeros((1000,), jnp.float16))
+    np.testing.assert_allclose(float(value), expected, rtol=2e-3)
+
+
+# --- item 3: narrow integer labels do not wrap the class count -------------------------------
+
+
+@pytest.mark.parametrize(
+    "make", [losses.softmax_cross_entropy, losses.hinge], ids=["softmax_ce", "hinge"]
+)
+@pytest.mark.parametrize(
+    "dtype, classes, label", [(jnp.int16, 40_000, 39_999), (jnp.uint8, 300, 44), (jnp.int8, 200, 7)]
+)
+def test_item_3_narrow_integer_labels(make, dtype, classes, label):
+    logits = jax.random.normal(KEY, (2, classes), jnp.float32)
+    labels = jnp.array([label, 0], dtype)
+    value, cache = make().forward(logits, labels)
+    expected, cache32 = make().forward(logits, labels.astype(jnp.int32))
+    assert bool(jnp.isfinite(value))
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    np.testing.assert_allclose(make().backward(cache), make().backward(cache32), rtol=1e-6)
 
 
 # --- item 4: backward checks its cotangent (every registry case: test_backward_errors.py) ----

@@ -48,6 +48,7 @@ from funcnn.core import (
     is_shape,
 )
 from funcnn.initializers import Initializer, glorot_normal, normal, zeros
+from funcnn.validation import check_cotangent
 
 _MEMORY_MODES = ("saved", "recompute")
 
@@ -204,12 +205,7 @@ def _check_kv_mask(name: str, kv_mask, n: int, tk: int):
 
 
 def _check_dy(name: str, dy, shape: tuple[int, ...]):
-    check_array(name, "dy", dy)
-    if tuple(dy.shape) != tuple(shape):
-        raise ValueError(
-            f"{name}: dy must have the output's shape {tuple(shape)}, got {tuple(dy.shape)}"
-        )
-    check_float(name, "dy", dy)
+    check_cotangent(name, dy, shape)  # shape, structure and dtype kind: ValueError
 
 
 def scaled_dot_product_attention(

@@ -176,13 +176,7 @@ def unembedding(vocab: int, *, table_init: Initializer = normal(0.02), dtype=jnp
         return x @ table.T, x
 
     def backward(params, x, dy):
-        expected = (*x.shape[:-1], vocab)
-        check_array(name, "dy", dy)
-        if tuple(dy.shape) != expected:
-            raise ValueError(
-                f"{name}: dy must have the output's shape {expected}, got {tuple(dy.shape)}"
-            )
-        check_float(name, "dy", dy)
+        check_cotangent(name, dy, (*x.shape[:-1], vocab))
         dtable = fold_leading_axes(dy).T @ fold_leading_axes(x)
         return dy @ params["table"], {"table": dtable.astype(params["table"].dtype)}
 

@@ -327,13 +327,15 @@ def _check_params(name: str, params, math_: _Math, features: int, hidden: int, x
 
 
 def _check_dy(name: str, what: str, dy, shape: tuple):
+    # A cotangent that does not match its output is a wrong value (funcnn.validation's
+    # policy): ValueError for its structure, dtype kind and shape alike.
     if not _is_array(dy):
-        raise TypeError(
+        raise ValueError(
             f"{name}: {what} must be an array of shape {tuple(shape)} (the output's), got "
             f"{_describe(dy)}"
         )
     if not jnp.issubdtype(dy.dtype, jnp.floating):
-        raise TypeError(f"{name}: {what} must be a floating-point array, got dtype {dy.dtype}")
+        raise ValueError(f"{name}: {what} must be a floating-point array, got dtype {dy.dtype}")
     if tuple(dy.shape) != tuple(shape):
         raise ValueError(
             f"{name}: {what} must have shape {tuple(shape)} (the forward output's), got shape "
@@ -344,7 +346,7 @@ def _check_dy(name: str, what: str, dy, shape: tuple):
 def _check_dcarry(name: str, dcarry, n: int, hidden: int, has_c: bool):
     if has_c:
         if not isinstance(dcarry, (tuple, list)) or len(dcarry) != 2:
-            raise TypeError(
+            raise ValueError(
                 f"{name}: the carry's cotangent must be a tuple (dh, dc) like the returned "
                 f"carry (h, c), got {_describe(dcarry)}"
             )
@@ -599,7 +601,7 @@ def _sequence_layer(
         dcarry = None
         if return_carry:
             if not isinstance(dy, (tuple, list)) or len(dy) != 2:
-                raise TypeError(
+                raise ValueError(
                     f"{name}: return_carry=True, so dy must be a tuple (dy, dcarry) like the "
                     f"output, got {_describe(dy)}"
                 )
@@ -993,7 +995,7 @@ def _cell_layer(math_: _Math, name: str, hidden: int, inits, forget_bias, dtype)
     def backward(params, cache, dy):
         n = cache["x"].shape[0]
         if not isinstance(dy, (tuple, list)) or len(dy) != 2:
-            raise TypeError(
+            raise ValueError(
                 f"{name}: dy must be a tuple (dh_t, dcarry) like the output (h_t, carry), "
                 f"got {_describe(dy)}"
             )
@@ -1228,18 +1230,18 @@ def bidirectional(
         dcarries = (None, None)
         if return_carry:
             if not isinstance(dy, (tuple, list)) or len(dy) != 2:
-                raise TypeError(
+                raise ValueError(
                     f"bidirectional: return_carry=True, so dy must be a tuple "
                     f"(dy, (dcarry_fwd, dcarry_bwd)) like the output, got {_describe(dy)}"
                 )
             dy, dcarries = dy
             if not isinstance(dcarries, (tuple, list)) or len(dcarries) != 2:
-                raise TypeError(
+                raise ValueError(
                     f"bidirectional: the carries' cotangent must be a pair "
                     f"(dcarry_fwd, dcarry_bwd), got {_describe(dcarries)}"
                 )
         if not _is_array(dy):
-            raise TypeError(f"bidirectional: dy must be an array, got {_describe(dy)}")
+            raise ValueError(f"bidirectional: dy must be an array, got {_describe(dy)}")
         if merge == "concat":
             width = split + second.hidden
             if dy.shape[-1:] != (width,):
