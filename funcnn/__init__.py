@@ -9,7 +9,18 @@
 ((8, 3), (8, 4))
 """
 
-from funcnn import check, initializers, interop, io, losses, models, optim, train
+from funcnn import (
+    check,
+    initializers,
+    interop,
+    io,
+    losses,
+    models,
+    optim,
+    precision,
+    sharding,
+    train,
+)
 from funcnn.combinators import (
     fan_in_concat,
     fan_in_sum,
@@ -49,10 +60,12 @@ __all__ = [
     "models",
     "optim",
     "parallel",
+    "precision",
     "predict",
     "remat",
     "residual",
     "sequential",
+    "sharding",
     "summary",
     "tied",
     "train",

@@ -7,6 +7,8 @@
   and for models with dropout or batchnorm.
 * :func:`predict` runs a model for its output alone (eval mode, no cache kept).
 * :func:`batches`, :func:`evaluate` and :func:`fit` are the loop around it.
+* ``mesh=`` runs the step data-parallel on a device mesh (:mod:`funcnn.sharding`);
+  ``policy=`` in mixed precision (:func:`mixed_precision`, :mod:`funcnn.precision`).
 
 >>> import jax, jax.numpy as jnp, funcnn as fn
 >>> model = fn.sequential(fn.dense(8), fn.tanh(), fn.dense(1))
@@ -37,21 +39,38 @@ from funcnn.core import (
     Layer,
     Loss,
     apply_layer,
+    as_wide,
     check_positive_int,
     init_layer,
     wide_reason,
 )
 from funcnn.optim import GradientTransformation, apply_updates
+from funcnn.precision import (
+    DynamicLossScale,
+    LossScaleState,
+    Policy,
+    is_loss_scaled,
+    loss_scaled,
+    mixed_precision,
+    select,
+)
+from funcnn.sharding import check_batch, check_mesh, replicate, shard_batch
+from funcnn.sharding import replicated as replicated_sharding
 
 PyTree = Any
 
 __all__ = [
+    "DynamicLossScale",
     "FitResult",
+    "LossScaleState",
+    "Policy",
     "TrainState",
     "batches",
     "evaluate",
     "fit",
     "init_train_state",
+    "loss_scaled",
+    "mixed_precision",
     "predict",
     "train_step",
     "value_and_grad",
@@ -75,7 +94,7 @@ def _scalar_loss(loss: Loss, pred, target):
     return value, cache
 
 
-def value_and_grad(model: Layer, loss: Loss) -> Callable:
+def value_and_grad(model: Layer, loss: Loss, *, policy: Policy | None = None) -> Callable:
     """The loss and its gradient with respect to the params, from the hand-written passes.
 
     Forward, then backward through the loss and the model::
@@ -96,8 +115,28 @@ def value_and_grad(model: Layer, loss: Loss) -> Callable:
     several outputs) trains with a loss over tuples, :func:`funcnn.losses.multi`.
 
     ``grads`` has the structure of ``params``. The function is pure, so it can be jitted.
+
+    ``policy``: a mixed-precision :class:`Policy`: forward and backward in
+    ``policy.compute``, the loss in ``policy.output``, ``grads`` in the params' dtypes
+    (no loss scaling here; :func:`train_step` does that).
     """
     _check_model_and_loss("value_and_grad", model, loss)
+    if policy is not None:
+        policy = _check_policy("value_and_grad", policy, None, scaling=False)
+        mixed = _policy_value_and_grad(model, loss, policy)
+        if not model.wide:
+
+            def f_pure(params, x, target):
+                value, _, grads = mixed(params, (), x, target, Ctx(), None)
+                return value, grads
+
+            return f_pure
+
+        def f_policy(params, x, target, state, ctx):
+            value, new_state, grads = mixed(params, state, x, target, ctx, None)
+            return (value, new_state), grads
+
+        return f_policy
 
     if not model.wide:
 
@@ -129,6 +168,47 @@ def value_and_grad(model: Layer, loss: Loss) -> Callable:
         return (value, new_state), grads
 
     return f_wide
+
+
+def _policy_value_and_grad(model: Layer, loss: Loss, policy: Policy | None) -> Callable:
+    """``f(params, state, x, target, ctx, dloss) -> (loss, new_state, grads)`` for any model,
+    in the dtypes of ``policy`` (``None``: as given) and for the loss times ``dloss``.
+
+    The floating params and inputs are cast to ``policy.compute``, the model's output to
+    ``policy.output`` before the loss; the loss's gradient goes back into the backward in
+    the compute dtype, and the parameter gradients come out in the params' dtypes.
+    """
+    wide = as_wide(model)
+
+    def f(params, state, x, target, ctx, dloss):
+        inner = params if policy is None else policy.cast_to_compute(params)
+        if policy is not None:
+            x = policy.cast_to_compute(x)
+        pred, cache, new_state = wide.forward(inner, x, state, ctx)
+        out = pred if policy is None else policy.cast_to_output(pred)
+        value, loss_cache = _scalar_loss(loss, out, target)
+        dpred = loss.backward(loss_cache, 1.0 if dloss is None else dloss)
+        _, grads = wide.backward(inner, cache, _same_dtypes(dpred, pred))
+        return value, _same_dtypes(new_state, state), _same_dtypes(grads, params)
+
+    return f
+
+
+def _check_policy(name: str, policy, optimizer, *, scaling: bool = True) -> Policy | None:
+    if policy is None:
+        return None
+    if not isinstance(policy, Policy):
+        raise TypeError(
+            f"{name}: policy must be a Policy (fn.train.mixed_precision(...)), got "
+            f"{type(policy).__name__}"
+        )
+    if scaling and policy.loss_scale is not None and not is_loss_scaled(optimizer):
+        raise TypeError(
+            f"{name}: the policy {policy!r} scales the loss, and the loss scale lives in the "
+            f"optimizer state: pass optimizer = policy.wrap(optimizer), here and where the "
+            f"optimizer state is made (fn.train.init_train_state(model, optimizer, ...))"
+        )
+    return policy
 
 
 # --- the train state ------------------------------------------------------------------
@@ -256,6 +336,8 @@ def train_step(
     *,
     jit: bool = True,
     donate: bool = True,
+    mesh=None,
+    policy: Policy | None = None,
 ) -> Callable:
     """One optimization step as a pure function, compiled with ``jax.jit``.
 
@@ -283,12 +365,36 @@ def train_step(
     step keep dtypes stable), so no buffer goes unused and JAX emits no donation
     warning, on CPU as on GPU. ``jit=False`` returns the plain function (to compose with
     ``jax.lax.scan``, ``vmap``, ...).
+
+    ``mesh``: a ``jax.sharding.Mesh`` with a ``"data"`` axis (:func:`funcnn.sharding.
+    data_mesh`): the step takes ordinary host batches of the global batch size, splits
+    them along the leading axis over ``"data"``, replicates params, model state,
+    optimizer state and key, and returns them replicated. The compiled step is the same
+    program; XLA partitions it and all-reduces the gradients and the batch statistics, so
+    the numbers are those of one device (see ``docs/scaling.md``). The batch size must be
+    a multiple of the number of devices along ``"data"``.
+
+    ``policy``: a mixed-precision :class:`Policy` (:func:`mixed_precision`): the forward
+    and backward run in ``policy.compute``, the loss in ``policy.output``, the optimizer
+    on the params' own dtype. A policy that scales the loss (float16) needs the optimizer
+    wrapped by ``policy.wrap(optimizer)``; a step whose gradients are not finite then
+    leaves params, model state and optimizer state unchanged (and lowers the scale).
+
+    With ``jit=True`` the step has ``step.lower(*args)``, the ``jax.jit`` lowering of the
+    same call (e.g. ``step.lower(ts, x, y).compile().as_text()`` shows the compiled HLO).
     """
     _check_model_and_loss("train_step", model, loss)
     _check_optimizer("train_step", optimizer)
+    mesh = None if mesh is None else check_mesh("train_step", mesh)
+    policy = _check_policy("train_step", policy, optimizer)
+    scaled = is_loss_scaled(optimizer)
     grad_fn = value_and_grad(model, loss)
+    mixed_fn = _policy_value_and_grad(model, loss, policy) if policy or scaled else None
 
-    def gradients(params, state, x, target, key):
+    def gradients(params, state, x, target, key, opt_state):
+        if mixed_fn is not None:
+            ctx = Ctx(key=key, train=True)
+            return mixed_fn(params, state, x, target, ctx, opt_state.scale if scaled else None)
         if model.wide:
             (value, new_state), grads = grad_fn(params, x, target, state, Ctx(key=key, train=True))
             # Keep the state's dtypes (e.g. running statistics of float32 params fed
@@ -297,32 +403,55 @@ def train_step(
         value, grads = grad_fn(params, x, target)
         return value, state, grads
 
+    def update(params, state, new_state, opt_state, grads):
+        updates, new_opt_state = optimizer.update(grads, opt_state, params)
+        if scaled:  # a skipped step (non-finite gradients) keeps the model state too
+            new_state = select(new_opt_state.skipped == opt_state.skipped, new_state, state)
+        return apply_updates(params, updates), new_state, new_opt_state
+
     def state_step(ts, x, target):
         if ts.key is None:
             carry, step_key = None, None
         else:
             carry, step_key = jax.random.split(ts.key)
-        value, new_state, grads = gradients(ts.params, ts.state, x, target, step_key)
-        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-        return TrainState(apply_updates(ts.params, updates), new_state, opt_state, carry), value
+        value, new_state, grads = gradients(ts.params, ts.state, x, target, step_key, ts.opt_state)
+        params, new_state, opt_state = update(ts.params, ts.state, new_state, ts.opt_state, grads)
+        return TrainState(params, new_state, opt_state, carry), value
 
     def pure_step(params, opt_state, x, target):
-        value, _, grads = gradients(params, (), x, target, None)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return apply_updates(params, updates), opt_state, value
+        value, _, grads = gradients(params, (), x, target, None, opt_state)
+        params, _, opt_state = update(params, (), (), opt_state, grads)
+        return params, opt_state, value
 
     def wide_step(params, state, opt_state, x, target, key):
-        value, new_state, grads = gradients(params, state, x, target, key)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return apply_updates(params, updates), new_state, opt_state, value
+        value, new_state, grads = gradients(params, state, x, target, key, opt_state)
+        params, new_state, opt_state = update(params, state, new_state, opt_state, grads)
+        return params, new_state, opt_state, value
 
     explicit, n_explicit = (wide_step, 6) if model.wide else (pure_step, 4)
+    # The explicit forms' argument positions: (replicated ones, batch ones).
+    explicit_places = ((0, 1, 2, 5), (3, 4)) if model.wide else ((0, 1), (2, 3))
     if jit:
         donated = (0, 1, 2) if model.wide else (0, 1)
-        state_step = jax.jit(state_step, donate_argnums=(0,) if donate else ())
-        explicit = jax.jit(explicit, donate_argnums=donated if donate else ())
+        # With a mesh, every output (state, loss) is replicated, like the inputs it replaces.
+        out = {} if mesh is None else {"out_shardings": replicated_sharding(mesh)}
+        state_step = jax.jit(state_step, donate_argnums=(0,) if donate else (), **out)
+        explicit = jax.jit(explicit, donate_argnums=donated if donate else (), **out)
 
-    def step(*args):
+    def place(args, replicated_at, batch_at):
+        """With a mesh: replicate the carried values and shard the batch."""
+        if mesh is None:
+            return args
+        args = list(args)
+        batch = shard_batch(tuple(args[i] for i in batch_at), mesh, name="train_step")
+        for i, b in zip(batch_at, batch, strict=True):
+            args[i] = b
+        for i in replicated_at:
+            args[i] = replicate(args[i], mesh)
+        return tuple(args)
+
+    def prepare(args):
+        """The function to run and its arguments, after checking the call's form."""
         if args and isinstance(args[0], TrainState):
             if len(args) != 3:
                 raise TypeError(
@@ -332,14 +461,36 @@ def train_step(
             ts, x, target = args
             if model.wide and _is_empty(ts.state):
                 ts = ts._replace(state=_resolve_state("train_step", model, ts.state, x))
-            return state_step(ts, x, target)
+            _check_scaled_state(ts.opt_state)
+            return state_step, place((ts, x, target), (0,), (1, 2))
         if len(args) != n_explicit:
             raise TypeError(_step_form_help(model, len(args)))
         if model.wide:
             args = list(args)
             args[1] = _resolve_state("train_step", model, args[1], args[3])
-        return explicit(*args)
+        _check_scaled_state(args[2 if model.wide else 1])
+        return explicit, place(args, *explicit_places)
 
+    def _check_scaled_state(opt_state):
+        if scaled and not isinstance(opt_state, LossScaleState):
+            raise TypeError(
+                f"train_step: the optimizer scales the loss, so its state must be a "
+                f"LossScaleState, got {type(opt_state).__name__}: make the optimizer state "
+                f"with the same wrapped optimizer (fn.train.init_train_state(model, "
+                f"policy.wrap(optimizer), ...) or policy.wrap(optimizer).init(params))"
+            )
+
+    def step(*args):
+        fn, args = prepare(args)
+        return fn(*args)
+
+    if jit:
+
+        def lower(*args):
+            fn, args = prepare(args)
+            return fn.lower(*args)
+
+        step.lower = lower
     step.__doc__ = train_step.__doc__
     return step
 
@@ -497,6 +648,7 @@ def evaluate(
     state: PyTree = (),
     *,
     batch_size: int = 1024,
+    mesh=None,
 ) -> dict[str, float | None]:
     """Mean loss and accuracy of ``model`` on ``(x, target)``, in eval mode.
 
@@ -508,14 +660,24 @@ def evaluate(
     weighted by batch size (the exact mean for losses that average over the batch).
     ``accuracy`` is the fraction of ``argmax(output, -1) == target`` when the targets are
     integer class labels, and ``None`` otherwise.
+
+    ``mesh``: evaluate data-parallel (:mod:`funcnn.sharding`): params and state are
+    replicated, each batch is split over the mesh's ``"data"`` axis (a last batch that does
+    not split evenly is replicated instead: every device computes it whole).
     """
     _check_model_and_loss("evaluate", model, loss)
     check_positive_int("evaluate", "batch_size", batch_size)
     n = _num_examples("evaluate", x, target)
     state = _resolve_state("evaluate", model, state, x)
+    if mesh is not None:
+        mesh = check_mesh("evaluate", mesh)
+        params, state = replicate((params, state), mesh)
     total, correct = 0.0, None
     for xb, tb in batches(None, x, target, batch_size, shuffle=False):
         size = _num_examples("evaluate", xb, tb)
+        if mesh is not None:
+            divides = size % mesh.shape["data"] == 0
+            xb, tb = shard_batch((xb, tb), mesh) if divides else replicate((xb, tb), mesh)
         value, right = _eval_batch(model, loss, params, state, xb, tb)
         total += float(value) * size
         if right is not None:
@@ -572,6 +734,8 @@ def fit(
     opt_state: PyTree = None,
     validation_data: tuple[PyTree, PyTree] | None = None,
     progress: bool = True,
+    mesh=None,
+    policy: Policy | None = None,
 ) -> FitResult:
     """Train for ``epochs`` passes over ``(x, y)`` with :func:`train_step`; a small loop.
 
@@ -587,6 +751,13 @@ def fit(
       validation_data: ``(x_val, y_val)`` to :func:`evaluate` after every epoch.
       progress: show a tqdm bar over the epochs (or print a line per epoch if tqdm is
         not installed).
+      mesh: train (and evaluate) data-parallel on this mesh (see :func:`train_step`);
+        ``batch_size`` is the global batch, a multiple of the devices along ``"data"``.
+        In several processes every process passes the same ``x``, ``y`` and ``key``; each
+        sends its devices their rows of every batch.
+      policy: a mixed-precision :class:`Policy` for the steps (evaluation runs in the
+        params' dtype). A policy that scales the loss wraps the optimizer
+        (``policy.wrap(optimizer)``), so ``opt_state`` is then a ``LossScaleState``.
 
     Returns:
       A :class:`FitResult` ``(params, state, opt_state, history)``. ``history["loss"]``
@@ -599,7 +770,13 @@ def fit(
     check_positive_int("fit", "epochs", epochs)
     check_positive_int("fit", "batch_size", batch_size)
     batch_size = min(batch_size, _num_examples("fit", x, y))
-    step = train_step(model, loss, optimizer)
+    if mesh is not None:
+        mesh = check_mesh("fit", mesh)
+        check_batch("fit", np.zeros((batch_size, 0)), mesh)
+    if policy is not None:
+        optimizer = policy.wrap(optimizer) if isinstance(policy, Policy) else optimizer
+        _check_policy("fit", policy, optimizer)
+    step = train_step(model, loss, optimizer, mesh=mesh, policy=policy)
     state = _resolve_state("fit", model, state, x)
     # Copies: the step donates (consumes) its inputs; the caller keeps the originals.
     params, state = jax.tree_util.tree_map(jnp.array, (params, state))
@@ -622,11 +799,11 @@ def fit(
         history["loss"].append(float(jnp.mean(jnp.stack(losses))))
         params, state, opt_state = ts.params, ts.state, ts.opt_state
 
-        train = evaluate(model, loss, params, x, y, state)
+        train = evaluate(model, loss, params, x, y, state, mesh=mesh)
         if train["accuracy"] is not None:
             history.setdefault("accuracy", []).append(train["accuracy"])
         if validation_data is not None:
-            val = evaluate(model, loss, params, *validation_data, state)
+            val = evaluate(model, loss, params, *validation_data, state, mesh=mesh)
             history.setdefault("val_loss", []).append(val["loss"])
             if val["accuracy"] is not None:
                 history.setdefault("val_accuracy", []).append(val["accuracy"])

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.scipy.special import erf
 
 from funcnn.core import Layer, Static, pack_uints, unpack_uints
+from funcnn.precision import widen
 from funcnn.validation import (
     check_bool,
     check_cotangent,
@@ -284,12 +285,15 @@ def softmax(axis: int = -1) -> Layer:
 
     def forward(x):
         _check_axis("softmax", x, axis)
-        e = jnp.exp(x - jnp.max(x, axis=axis, keepdims=True))
-        y = e / jnp.sum(e, axis=axis, keepdims=True)
+        xf = widen(x)  # the sums in float32 for bfloat16/float16 inputs
+        e = jnp.exp(xf - jnp.max(xf, axis=axis, keepdims=True))
+        y = (e / jnp.sum(e, axis=axis, keepdims=True)).astype(x.dtype)
         return y, y
 
     def backward(y, dy):
-        return y * (dy - jnp.sum(dy * y, axis=axis, keepdims=True))
+        yf, dyf = widen(y), widen(dy)
+        dx = yf * (dyf - jnp.sum(dyf * yf, axis=axis, keepdims=True))
+        return dx.astype(jnp.result_type(y, dy))
 
     return _activation("softmax", forward, backward)
 
@@ -303,12 +307,15 @@ def log_softmax(axis: int = -1) -> Layer:
 
     def forward(x):
         _check_axis("log_softmax", x, axis)
-        shifted = x - jnp.max(x, axis=axis, keepdims=True)
+        xf = widen(x)  # the log-sum-exp in float32 for bfloat16/float16 inputs
+        shifted = xf - jnp.max(xf, axis=axis, keepdims=True)
         y = shifted - jnp.log(jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True))
-        return y, y
+        return y.astype(x.dtype), y.astype(x.dtype)
 
     def backward(y, dy):
-        return dy - jnp.exp(y) * jnp.sum(dy, axis=axis, keepdims=True)
+        dyf = widen(dy)
+        dx = dyf - jnp.exp(widen(y)) * jnp.sum(dyf, axis=axis, keepdims=True)
+        return dx.astype(jnp.result_type(y, dy))
 
     return _activation("log_softmax", forward, backward)
 

@@ -148,8 +148,8 @@ def _conv_layer(
         dtype_ = jnp.result_type(x, w)
         y = conv_forward(x.astype(dtype_), w.astype(dtype_), conv)
         if use_bias:
-            y = y + along_last_axis(params["b"], nd + 2).astype(dtype_)
-        return y, x
+            y = y + along_last_axis(params["b"], nd + 2).astype(y.dtype)
+        return y.astype(dtype_), x
 
     def backward(params, x, dy):
         conv, out_shape = output_shape(x.shape)

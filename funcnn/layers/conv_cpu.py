@@ -25,6 +25,15 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcnn.layers.conv_geometry import PaddedConv, pad, unpad
+from funcnn.precision import accumulation_dtype
+
+
+def acc_dtype(a):
+    """The accumulation dtype of every product of the convolutions: float32 for
+    bfloat16/float16 operands (``preferred_element_type``; the layer rounds the results),
+    else the operands' own."""
+    return accumulation_dtype(a.dtype)
+
 
 __all__: list[str] = []
 
@@ -50,7 +59,10 @@ def pointwise_forward(x, w, conv: PaddedConv):
     nd = conv.nd
     xs = strided_rows(pad(x, conv.pads), conv.stride)
     w2 = w.reshape(w.shape[-2:])
-    return lax.dot_general(xs, w2, (((nd + 1,), (0,)), ((), ())), precision=conv.precision)
+    dims = (((nd + 1,), (0,)), ((), ()))
+    return lax.dot_general(
+        xs, w2, dims, precision=conv.precision, preferred_element_type=acc_dtype(x)
+    )
 
 
 def pointwise_backward(x, w, dy, conv: PaddedConv):
@@ -60,7 +72,10 @@ def pointwise_backward(x, w, dy, conv: PaddedConv):
     nd = conv.nd
     w2 = w.reshape(w.shape[-2:])
     xp = pad(x, conv.pads)
-    dxs = lax.dot_general(dy, w2, (((nd + 1,), (1,)), ((), ())), precision=conv.precision)
+    dims = (((nd + 1,), (1,)), ((), ()))
+    dxs = lax.dot_general(
+        dy, w2, dims, precision=conv.precision, preferred_element_type=acc_dtype(dy)
+    )
     scatter = tuple(
         (0, p - ((o - 1) * s + 1), s - 1)
         for p, o, s in zip(xp.shape[1:-1], dy.shape[1:-1], conv.stride, strict=True)
@@ -68,7 +83,11 @@ def pointwise_backward(x, w, dy, conv: PaddedConv):
     dx = unpad(pad(dxs, scatter), conv.pads)
     rows = tuple(range(nd + 1))
     dw = lax.dot_general(
-        strided_rows(xp, conv.stride), dy, ((rows, rows), ((), ())), precision=conv.precision
+        strided_rows(xp, conv.stride),
+        dy,
+        ((rows, rows), ((), ())),
+        precision=conv.precision,
+        preferred_element_type=acc_dtype(x),
     )
     return dx, dw.reshape(w.shape)
 
@@ -118,7 +137,10 @@ def kernel_grad_im2col(x, dy, w_shape, conv: PaddedConv, *, chunk_bytes=PATCH_CH
 
     def chunk_grad(x_chunk, dy_chunk):
         p = patches(pad(x_chunk, conv.pads), kernel, out, conv.stride, conv.dilation)
-        return lax.dot_general(p, dy_chunk, ((rows, rows), ((), ())), precision=conv.precision)
+        dims = ((rows, rows), ((), ()))
+        return lax.dot_general(
+            p, dy_chunk, dims, precision=conv.precision, preferred_element_type=acc_dtype(x)
+        )
 
     image_bytes = math.prod(out) * math.prod(kernel) * x.shape[-1] * x.dtype.itemsize
     chunk = max(1, min(n, chunk_bytes // image_bytes))
@@ -133,6 +155,6 @@ def kernel_grad_im2col(x, dy, w_shape, conv: PaddedConv, *, chunk_bytes=PATCH_CH
             0,
             n // chunk,
             lambda i, acc: acc + chunk_grad(xs[i], dys[i]),
-            jnp.zeros((math.prod(w_shape[:-1]), w_shape[-1]), x.dtype),
+            jnp.zeros((math.prod(w_shape[:-1]), w_shape[-1]), acc_dtype(x)),
         )
     return dw.reshape(w_shape)

@@ -47,6 +47,7 @@ def conv_forward(x, w, conv: PaddedConv):
         dimension_numbers=dimension_numbers(conv.nd),
         feature_group_count=conv.groups,
         precision=conv.precision,
+        preferred_element_type=conv_cpu.acc_dtype(x),
     )
 
 
@@ -118,6 +119,7 @@ def input_grad(w, dy, x_shape, conv: PaddedConv, *, unread):
         dimension_numbers=dimension_numbers(nd),
         feature_group_count=conv.groups,
         precision=conv.precision,
+        preferred_element_type=conv_cpu.acc_dtype(dy),
     )
     return unpad(dxp, tuple(crops))
 
@@ -147,4 +149,5 @@ def kernel_grad_conv(x, dy, conv: PaddedConv, *, unread):
         dimension_numbers=kernel_grad_dimension_numbers(conv.nd),
         batch_group_count=conv.groups,
         precision=conv.precision,
+        preferred_element_type=conv_cpu.acc_dtype(x),
     )

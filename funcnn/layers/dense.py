@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from funcnn.core import Layer, Static, along_last_axis, fold_leading_axes
 from funcnn.initializers import Initializer, glorot_normal, zeros
+from funcnn.precision import matmul
 from funcnn.validation import (
     check_cotangent,
     check_float,
@@ -72,12 +73,14 @@ def linear(features: int, *, w_init: Initializer = glorot_normal(), dtype=jnp.fl
     def forward(params, x):
         _check_features("linear", x, check_param_tree("linear", params, {"w": 2})["w"][0])
         check_params("linear", params, {"w": (x.shape[-1], features)})
-        return x @ params["w"], x
+        return matmul(x, params["w"]), x
 
     def backward(params, x, dy):
         check_cotangent("linear", dy, (*x.shape[:-1], features))
         # y = x W  =>  dx = dy W^T,  dW = x^T dy (summed over the batch axes).
-        return dy @ params["w"].T, {"w": fold_leading_axes(x).T @ fold_leading_axes(dy)}
+        # (matmul accumulates in float32 for bfloat16/float16 operands: funcnn.precision)
+        dw = matmul(fold_leading_axes(x).T, fold_leading_axes(dy))
+        return matmul(dy, params["w"].T), {"w": dw}
 
     return Layer(init, forward, backward, name="linear")
 
@@ -154,15 +157,15 @@ def dense(
     def forward(params, x):
         _check_features("dense", x, check_param_tree("dense", params, {"w": 2, "b": 1})["w"][0])
         check_params("dense", params, {"w": (x.shape[-1], features), "b": (features,)})
-        return x @ params["w"] + along_last_axis(params["b"], x.ndim), x
+        return matmul(x, params["w"]) + along_last_axis(params["b"], x.ndim), x
 
     def backward(params, x, dy):
         check_cotangent("dense", dy, (*x.shape[:-1], features))
         # Walk the forward in reverse: y = z + b, z = x W.
         dy2 = fold_leading_axes(dy)
         db = dy2.sum(0)
-        dw = fold_leading_axes(x).T @ dy2
-        dx = dy @ params["w"].T
+        dw = matmul(fold_leading_axes(x).T, dy2)  # float32 accumulation for low precision
+        dx = matmul(dy, params["w"].T)
         return dx, {"w": dw, "b": db}
 
     return Layer(init, forward, backward, name="dense")

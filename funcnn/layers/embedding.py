@@ -12,6 +12,7 @@ import numpy as np
 
 from funcnn.core import Layer, fold_leading_axes
 from funcnn.initializers import Initializer, normal
+from funcnn.precision import accumulation_dtype
 from funcnn.validation import (
     check_array,
     check_cotangent,
@@ -84,12 +85,14 @@ def embedding(
         rows = _in_range(ids, vocab).reshape(-1)
         # Scatter-add: row v of dtable collects dy[i] for every position i with ids[i] == v.
         # mode="drop": out-of-range ids contribute nothing (they got NaN rows in forward).
+        # The sums in float32 for bfloat16/float16 tables (accumulation_dtype).
+        acc = accumulation_dtype(table.dtype)
         dtable = (
-            jnp.zeros_like(table)
+            jnp.zeros(table.shape, acc)
             .at[rows]
-            .add(dy.reshape(-1, features).astype(table.dtype), mode="drop")
+            .add(dy.reshape(-1, features).astype(acc), mode="drop")
         )
-        return None, {"table": dtable}
+        return None, {"table": dtable.astype(table.dtype)}
 
     return Layer(init, forward, backward, name="embedding")
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcnn.core import Layer, Static, along_last_axis, fold_leading_axes
+from funcnn.precision import accumulation_dtype, widen
 from funcnn.validation import (
     check_cotangent,
     check_ctx,
@@ -136,12 +137,15 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
         scale = along_last_axis(params["scale"], ndim)
         offset = along_last_axis(params["offset"], ndim)
 
+        # Statistics and normalization in float32 for bfloat16/float16 inputs (a no-op
+        # otherwise); only y and the cached xhat are rounded to x's dtype.
+        acc, xf = accumulation_dtype(x.dtype), widen(x)
         if not ctx.train:
-            mean, var = state["mean"].astype(x.dtype), state["var"].astype(x.dtype)
+            mean, var = state["mean"].astype(acc), state["var"].astype(acc)
             inv_std = lax.rsqrt(var + eps)
-            xhat = (x - along_last_axis(mean, ndim)) * along_last_axis(inv_std, ndim)
-            cache = {"xhat": xhat, "inv_std": inv_std, "mode": Static("eval")}
-            return scale * xhat + offset, cache, state
+            xhat = (xf - along_last_axis(mean, ndim)) * along_last_axis(inv_std, ndim)
+            cache = {"xhat": xhat.astype(x.dtype), "inv_std": inv_std, "mode": Static("eval")}
+            return (scale * xhat + offset).astype(x.dtype), cache, state
 
         m = math.prod(shape[:-1])
         if m < 2:
@@ -151,12 +155,12 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
                 f"larger batch"
             )
         axes = tuple(range(ndim - 1))
-        mean, centered = _centered(x, axes)
+        mean, centered = _centered(xf, axes)
         mean = mean.reshape(c)
         var = jnp.mean(centered * centered, axis=axes)  # biased: divides by m
         inv_std = lax.rsqrt(var + eps)
         xhat = centered * along_last_axis(inv_std, ndim)
-        y = scale * xhat + offset
+        y = (scale * xhat + offset).astype(x.dtype)
 
         def update(running, batch):
             new = (1 - momentum) * running + momentum * batch
@@ -166,12 +170,13 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
             "mean": update(state["mean"], mean),
             "var": update(state["var"], var * (m / (m - 1))),  # unbiased, as PyTorch
         }
-        cache = {"xhat": xhat, "inv_std": inv_std, "mode": Static("train")}
+        cache = {"xhat": xhat.astype(x.dtype), "inv_std": inv_std, "mode": Static("train")}
         return y, cache, new_state
 
     def backward(params, cache, dy):
-        xhat, inv_std = cache["xhat"], cache["inv_std"]
-        check_cotangent("batchnorm", dy, xhat.shape)
+        check_cotangent("batchnorm", dy, cache["xhat"].shape)
+        dtype = cache["xhat"].dtype  # sums below in float32 for bfloat16/float16
+        xhat, inv_std, dy = widen(cache["xhat"]), cache["inv_std"], widen(dy)
         ndim = xhat.ndim
         # y = scale * xhat + offset: the affine part, summed over every value of a feature.
         dy2, xhat2 = fold_leading_axes(dy), fold_leading_axes(xhat)
@@ -191,7 +196,7 @@ def batchnorm(momentum: float = 0.1, eps: float = 1e-5, *, dtype=jnp.float32) ->
             "scale": dscale.astype(params["scale"].dtype),
             "offset": doffset.astype(params["offset"].dtype),
         }
-        return dx.astype(xhat.dtype), dparams
+        return dx.astype(dtype), dparams
 
     return Layer(init, forward, backward, name="batchnorm", wide=True)
 
@@ -293,7 +298,8 @@ def layernorm(eps: float = 1e-5, axis: int | tuple[int, ...] = -1, *, dtype=jnp.
                 f"(the params were made for that), got input of shape {shape}"
             )
         check_params("layernorm", params, {"scale": expected, "offset": expected})
-        _, centered = _centered(x, axes)
+        xf = widen(x)  # statistics in float32 for bfloat16/float16 inputs
+        _, centered = _centered(xf, axes)
         var = jnp.mean(centered * centered, axis=axes, keepdims=True)  # biased, two-pass
         inv_std = lax.rsqrt(var + eps)
         xhat = centered * inv_std
@@ -301,11 +307,12 @@ def layernorm(eps: float = 1e-5, axis: int | tuple[int, ...] = -1, *, dtype=jnp.
         y = param_view(params["scale"], ndim, axes) * xhat + param_view(
             params["offset"], ndim, axes
         )
-        return y, (xhat, inv_std)
+        return y.astype(x.dtype), (xhat.astype(x.dtype), inv_std)
 
     def backward(params, cache, dy):
-        xhat, inv_std = cache
-        check_cotangent("layernorm", dy, xhat.shape)
+        check_cotangent("layernorm", dy, cache[0].shape)
+        dtype = cache[0].dtype  # sums below in float32 for bfloat16/float16
+        xhat, inv_std, dy = widen(cache[0]), cache[1], widen(dy)
         ndim = xhat.ndim
         axes = resolve(xhat.shape)
         others = tuple(i for i in range(ndim) if i not in axes)
@@ -324,7 +331,7 @@ def layernorm(eps: float = 1e-5, axis: int | tuple[int, ...] = -1, *, dtype=jnp.
             "scale": dscale.astype(params["scale"].dtype),
             "offset": doffset.astype(params["offset"].dtype),
         }
-        return dx.astype(xhat.dtype), dparams
+        return dx.astype(dtype), dparams
 
     return Layer(init, forward, backward, name="layernorm")
 
