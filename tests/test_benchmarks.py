@@ -52,3 +52,15 @@ def test_attention_benchmark_gradients_agree():
     times, cache = attention.measure(1, 8, 8, 2, causal=True, repeats=3, block_size=4)
     assert set(times) == {"saved", "recompute", "jax"}
     assert cache["recompute"] < cache["saved"]
+
+
+def test_lstm_benchmark_formulations_agree_and_cache_less():
+    import lstm
+
+    try:
+        import torch
+    except ImportError:  # the torch comparison is optional, as in the benchmark
+        torch = None
+    assert lstm.check_agreement((2, 3, 4, 5), torch) < 1e-4  # funcnn vs jax.grad (and torch)
+    cache, residuals = lstm.cache_bytes((2, 3, 4, 5))
+    assert 0 < cache < 0.6 * residuals
