@@ -185,14 +185,18 @@ def cpu_seconds(contenders: dict, rounds: int = 5, per_round: int = 3) -> dict[s
 
 def measure(size, repeats: int, torch=None) -> dict:
     model, params, x, target = _inputs(size)
-    contenders = {
-        "funcnn": _funcnn_step(model, params, x, target),
-        "jax": _jax_step(params, x, target),
-    }
-    if torch is not None:
-        contenders["torch"] = _torch_step(torch, params, x, target)
-    times = interleaved(contenders, repeats)
-    cpu = cpu_seconds(contenders)
+
+    def contenders():  # fresh carries: the steps donate (consume) the params they are given
+        steps = {
+            "funcnn": _funcnn_step(model, params, x, target),
+            "jax": _jax_step(params, x, target),
+        }
+        if torch is not None:
+            steps["torch"] = _torch_step(torch, params, x, target)
+        return steps
+
+    times = interleaved(contenders(), repeats)
+    cpu = cpu_seconds(contenders())
     ours, residuals = cache_bytes(size)
     return {**times, "cpu": cpu, "cache": ours, "residuals": residuals}
 

@@ -25,6 +25,9 @@ import pytest
 
 import funcnn as fn
 
+# Left out of the quick subset (tests/README.md): 8-device and two-process subprocesses.
+pytestmark = pytest.mark.slow
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 4
 
