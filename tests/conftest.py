@@ -15,24 +15,9 @@
 import os
 import pathlib
 
-# XLA's CPU compiler without its expensive LLVM passes: the suite's programs are tiny and
-# compiled once each, so compilation, not execution, is what the suite's time is made of
-# (measured: about 16% less CPU time on the loss and training tests). The flags are read
-# when the backend starts (below) and then removed from the environment, so that the
-# examples and multi-process tests run in subprocesses with XLA's normal settings.
-_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-_user_flags = os.environ.get("XLA_FLAGS")
-if os.environ.get("FUNCNN_FAST_COMPILE", "1") != "0":
-    os.environ["XLA_FLAGS"] = f"{_user_flags or ''} {_FAST_COMPILE}".strip()
+import jax
+import pytest
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
-
-jax.devices()  # start the CPU backend with those flags
-if _user_flags is None:
-    os.environ.pop("XLA_FLAGS", None)
-else:
-    os.environ["XLA_FLAGS"] = _user_flags
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -27,7 +27,9 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# A fenced block (any indentation, e.g. inside a list) or a hidden setup comment.
+# A fenced block (any indentation, e.g. inside a list) or a hidden setup comment. Only
+# ```python blocks run; ```py marks Python that cannot run in one test process (a script
+# for every process of a cluster), highlighted the same way.
 CHUNK = re.compile(
     r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*\n(?P<code>.*?)^(?P=indent)```[ \t]*$"
     r"|^<!-- test-setup\n(?P<setup>.*?)^-->",

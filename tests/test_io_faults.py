@@ -16,13 +16,14 @@ import pytest
 
 IO_PY = pathlib.Path(__file__).resolve().parents[1] / "funcnn" / "io.py"
 
+# Left out of the quick subset (tests/README.md): kills writer processes mid-save.
+pytestmark = pytest.mark.slow
+
+
 WORKER = r"""
 import importlib.util, json, os, signal, sys, time
 import numpy as np
 import ml_dtypes
-
-# Left out of the quick subset (tests/README.md): kills writer processes mid-save.
-pytestmark = pytest.mark.slow
 
 args = json.loads(sys.argv[1])
 signal.alarm(args["alarm"])  # a hard limit of its own, children included (they are killed)

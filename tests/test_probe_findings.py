@@ -61,7 +61,7 @@ def test_item_2_float16_mean_of_large_values_does_not_overflow(make, expected):
     "make", [losses.softmax_cross_entropy, losses.hinge], ids=["softmax_ce", "hinge"]
 )
 @pytest.mark.parametrize(
-    "dtype, classes, label", [(jnp.int16, 40_000, 39_999), (jnp.uint8, 300, 44), (jnp.int8, 200, 7)]
+    "dtype, classes, label", [(jnp.int16, 40_000, 32_000), (jnp.uint8, 300, 44), (jnp.int8, 200, 7)]
 )
 def test_item_3_narrow_integer_labels(make, dtype, classes, label):
     logits = jax.random.normal(KEY, (2, classes), jnp.float32)
