@@ -18,7 +18,6 @@ import pathlib
 import jax
 import pytest
 
-
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
