@@ -39,6 +39,13 @@ def test_remat_benchmark_variants_agree_and_cache_less():
     assert results["remat whole model"][0] < results["remat per block"][0] < results["plain"][0]
 
 
+def test_remat_benchmark_on_transformer_blocks_agrees_and_caches_less():
+    import remat
+
+    results = remat.measure_transformer(2, 8, 2, 2, 8, repeats=3)  # gradients agree
+    assert results["remat whole model"][0] < results["remat per block"][0] < results["plain"][0]
+
+
 def test_gpt_benchmark_losses_agree_and_cache_is_smaller():
     # measure() asserts that the funcnn and plain-JAX losses agree before timing.
     r = gpt.measure(layers=1, heads=2, features=16, seq=8, batch=2, vocab=11,
