@@ -48,8 +48,22 @@ def key():
     return jax.random.PRNGKey(0)
 
 
+def _long(item) -> bool:
+    """Whole-module ``slow`` tests (examples, docs pages, subprocesses) and docstring examples."""
+    if isinstance(item, pytest.DoctestItem):
+        return True
+    marks = getattr(getattr(item, "module", None), "pytestmark", [])
+    return any(m.name == "slow" for m in (marks if isinstance(marks, list) else [marks]))
+
+
 def pytest_collection_modifyitems(items):
-    """Docstring examples run in the full suite only: each compiles its own programs."""
+    """Docstring examples run in the full suite only: each compiles its own programs.
+
+    The long tests go first (a stable sort, so every xdist worker collects the same order):
+    xdist hands out tests in collection order, and a 30-second subprocess test that starts
+    last leaves the other worker idle until it ends.
+    """
     for item in items:
         if isinstance(item, pytest.DoctestItem):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: not _long(item))

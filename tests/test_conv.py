@@ -79,6 +79,11 @@ def forward_shape(layer, input_shape):
     return jax.eval_shape(layer.forward, params, x)[0].shape
 
 
+def zero_params(layer, input_shape):
+    """Host zeros of init's shapes: for error tests, which never reach the arithmetic."""
+    return jax.tree_util.tree_map(lambda p: np.zeros(p.shape), init_shapes(layer, input_shape)[0])
+
+
 # --- hypothesis: forward vs lax, backward vs the direct loops ------------------------------
 
 
@@ -348,9 +353,11 @@ results = []
 for cfg in json.loads(sys.argv[1]):
     layer = conv2d(cfg["features"], cfg["kernel"], stride=cfg["stride"],
                    padding=tuple(map(tuple, cfg["padding"])), groups=cfg["groups"])
-    params, _ = layer.init(jax.random.PRNGKey(0), tuple(cfg["x"]))
-    params = {"w": params["w"].astype(jnp.float64), "b": params["b"].astype(jnp.float64) + 0.5}
-    rng = np.random.default_rng(1)  # NumPy: eager jax.random compiles for every shape
+    # init's shapes (traced, not compiled) filled by NumPy: eager jax.random, and every
+    # eager op, compiles a program for each new shape
+    shapes = jax.eval_shape(lambda k: layer.init(k, tuple(cfg["x"]))[0], jax.random.PRNGKey(0))
+    rng = np.random.default_rng(1)
+    params = {k: jax.device_put(0.5 * rng.standard_normal(a.shape)) for k, a in shapes.items()}
     x = jax.device_put(rng.standard_normal(tuple(cfg["x"])))
     y, cache = layer.forward(params, x)
     dy = jax.device_put(rng.standard_normal(y.shape))
@@ -358,23 +365,25 @@ for cfg in json.loads(sys.argv[1]):
     _, cache_j = jax.jit(layer.forward)(params, x)
     dx_j, grads_j = jax.jit(layer.backward)(params, cache_j, dy)     # compiled as one program
 
-    def loss(p, x):
-        return float(jnp.vdot(layer.forward(p, x)[0], dy))
+    loss = jax.jit(lambda p, x: jnp.vdot(layer.forward(p, x)[0], dy))  # one compile
 
     # Central differences along random directions (the layer is affine, so they are exact
-    # up to rounding). jax.vjp cannot be the reference: it is what aborts.
+    # up to rounding). jax.vjp cannot be the reference: it is what aborts. The shifts and
+    # the dot products are NumPy's, so nothing but the layer is compiled.
+    host = {"x": np.asarray(x), "w": np.asarray(params["w"]), "b": np.asarray(params["b"])}
+    ours = {"x": np.asarray(dx), "w": np.asarray(grads["w"]), "b": np.asarray(grads["b"])}
     eps, fd = 1e-3, []
     for _ in range(3):
-        vx, vw, vb = (jax.device_put(rng.standard_normal(a.shape))
-                      for a in (x, params["w"], params["b"]))
-        up = {"w": params["w"] + eps * vw, "b": params["b"] + eps * vb}
-        down = {"w": params["w"] - eps * vw, "b": params["b"] - eps * vb}
-        numeric = (loss(up, x + eps * vx) - loss(down, x - eps * vx)) / (2 * eps)
-        analytic = jnp.vdot(dx, vx) + jnp.vdot(grads["w"], vw) + jnp.vdot(grads["b"], vb)
-        fd.append((numeric, float(analytic)))
+        v = {k: rng.standard_normal(a.shape) for k, a in host.items()}
+        up, down = ({k: a + s * eps * v[k] for k, a in host.items()} for s in (1, -1))
+        numeric = float(loss({"w": up["w"], "b": up["b"]}, up["x"])
+                        - loss({"w": down["w"], "b": down["b"]}, down["x"])) / (2 * eps)
+        analytic = sum(float(np.vdot(ours[k], v[k])) for k in host)
+        fd.append((numeric, analytic))
     results.append({
         "fd": fd,
-        "jit": float(max(jnp.max(jnp.abs(dx - dx_j)), jnp.max(jnp.abs(grads["w"] - grads_j["w"])))),
+        "jit": float(max(np.max(np.abs(ours["x"] - np.asarray(dx_j))),
+                         np.max(np.abs(ours["w"] - np.asarray(grads_j["w"]))))),
         "x": np.asarray(x).tolist(), "w": np.asarray(params["w"]).tolist(),
         "dy": np.asarray(dy).tolist(), "dx": np.asarray(dx).tolist(),
         "dw": np.asarray(grads["w"]).tolist(),
@@ -602,36 +611,36 @@ def test_errors_in_init():
 
 def test_errors_in_forward():
     layer = conv2d(4, 3)
-    params, _ = layer.init(jax.random.PRNGKey(0), (2, 8, 8, 3))
+    params = zero_params(layer, (2, 8, 8, 3))
     with pytest.raises(
         ValueError,
         match=r"conv2d: expected input with 3 channels \(last axis\), "
         r"got input of shape \(2, 8, 8, 4\)",
     ):
-        layer.forward(params, jnp.zeros((2, 8, 8, 4)))
+        layer.forward(params, np.zeros((2, 8, 8, 4)))
     with pytest.raises(
         ValueError, match=r"conv2d: expected input of rank 4 \(NHWC.*got shape \(8, 8, 3\)"
     ):
-        layer.forward(params, jnp.zeros((8, 8, 3)))
+        layer.forward(params, np.zeros((8, 8, 3)))
     with pytest.raises(
         ValueError, match=r"conv2d: the kernel spans 3 .* \(input shape \(2, 2, 8, 3\)"
     ):
-        layer.forward(params, jnp.zeros((2, 2, 8, 3)))
+        layer.forward(params, np.zeros((2, 2, 8, 3)))
     with pytest.raises(TypeError, match="conv2d: x must be a floating-point array"):
-        layer.forward(params, jnp.zeros((2, 8, 8, 3), jnp.int32))
+        layer.forward(params, np.zeros((2, 8, 8, 3), np.int32))
     with pytest.raises(TypeError, match=r"conv2d: params must be a dict with keys \['b', 'w'\]"):
-        layer.forward({"kernel": params["w"]}, jnp.zeros((2, 8, 8, 3)))
+        layer.forward({"kernel": params["w"]}, np.zeros((2, 8, 8, 3)))
     with pytest.raises(ValueError, match=r"conv2d: params\['b'\] must have shape \(4,\)"):
-        layer.forward({"w": params["w"], "b": jnp.zeros(5)}, jnp.zeros((2, 8, 8, 3)))
+        layer.forward({"w": params["w"], "b": np.zeros(5)}, np.zeros((2, 8, 8, 3)))
     grouped = conv1d(4, 3, groups=2)
-    gp, _ = grouped.init(jax.random.PRNGKey(0), (2, 8, 6))
+    gp = zero_params(grouped, (2, 8, 6))
     with pytest.raises(ValueError, match=r"conv1d: expected input with 6 channels .*\(2, 8, 5\)"):
-        grouped.forward(gp, jnp.zeros((2, 8, 5)))
+        grouped.forward(gp, np.zeros((2, 8, 5)))
     t = conv_transpose2d(4, 3, padding=2)
-    tp, _ = t.init(jax.random.PRNGKey(0), (2, 3, 3, 2))
+    tp = zero_params(t, (2, 3, 3, 2))
     with pytest.raises(ValueError, match=r"conv_transpose2d: expected input with 2 channels"):
-        t.forward(tp, jnp.zeros((2, 3, 3, 5)))
+        t.forward(tp, np.zeros((2, 3, 3, 5)))
     with pytest.raises(
         ValueError, match=r"conv_transpose2d: input shape \(2, 1, 3, 2\) gives an empty"
     ):
-        t.forward(tp, jnp.zeros((2, 1, 3, 2)))
+        t.forward(tp, np.zeros((2, 1, 3, 2)))
