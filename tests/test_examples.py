@@ -1,5 +1,21 @@
-"""The example scripts run end to end (shortened) and print what they promise."""
+"""The example scripts run end to end (shortened) and print what they promise.
 
+All six run in ONE subprocess (a fresh interpreter, as a user runs them, with this
+checkout's ``funcnn`` first on the path): each script is run with ``runpy`` as
+``__main__`` with its own ``sys.argv``, its stdout captured apart, and an error in one
+script is recorded and does not stop the others. One interpreter pays jax's start, the
+imports (scikit-learn, matplotlib) and the shared small programs (PRNG keys and splits)
+once instead of six times. The float32 scripts run first: ``seeds_both_ways.py`` and
+``stateful_vs_pure.py`` turn on float64 when imported, as they do when run alone.
+Each script's checks are a subtest, so a failure names its script.
+
+The interpreter runs with XLA's backend optimization off (``XLA_FLAGS``, unless the caller
+sets that level): almost all of the time here is compiling small programs, which then
+compile about twice as fast; what the scripts print is the same (the checks below hold
+with the same margins), and running the programs takes a small part of the time either way.
+"""
+
+import json
 import os
 import pathlib
 import subprocess
@@ -10,34 +26,57 @@ import pytest
 # Left out of the quick subset (tests/README.md): the examples train for real: minutes of CPU.
 pytestmark = pytest.mark.slow
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+_DRIVER = r"""
+import contextlib, io, json, runpy, sys, traceback
+examples, runs, report = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+sys.path.insert(0, examples)
+results = {}
+for name, script, args in runs:
+    sys.argv = [f"{examples}/{script}", *args]
+    out = io.StringIO()
+    error = None
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(sys.argv[0], run_name="__main__")
+    except BaseException:
+        error = traceback.format_exc()
+    results[name] = {"stdout": out.getvalue(), "error": error}
+with open(report, "w") as f:
+    json.dump(results, f)
+"""
 
 
-def _run(script, *args, cwd):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def _run_all(runs, tmp_path):
+    """Run ``[(name, script, args), ...]`` in one interpreter; ``{name: stdout}`` or an
+    error string per name."""
+    report = tmp_path / "report.json"
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_backend_optimization_level" not in xla_flags:
+        xla_flags += " --xla_backend_optimization_level=0"  # compiles ~2x faster
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": pythonpath, "XLA_FLAGS": xla_flags}
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args],
-        cwd=cwd,
+        [sys.executable, "-c", _DRIVER, str(EXAMPLES), json.dumps(runs), str(report)],
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    return json.loads(report.read_text())
 
 
-@pytest.mark.parametrize("script", ["digits_mlp.py", "digits_cnn.py"])
-def test_digits_example_trains_and_plots(script, tmp_path):
-    plot = tmp_path / "curves.png"
-    out = _run(script, "--epochs", "3", "--plot", str(plot), cwd=tmp_path)
+def _digits(out, plot):
     accuracy = float(out.strip().splitlines()[-1].removeprefix("test accuracy: "))
     assert accuracy > 0.8  # three epochs already learn most digits
     assert plot.stat().st_size > 10_000
 
 
-def test_stateful_vs_pure_example(tmp_path):
-    out = _run("stateful_vs_pure.py", cwd=tmp_path)
+def _stateful_vs_pure(out):
     diffs = [
         float(line.rsplit("=", 1)[1])
         for line in out.splitlines()
@@ -47,8 +86,7 @@ def test_stateful_vs_pure_example(tmp_path):
     assert "funcnn,   batch 1: off by 0.0e+00" in out  # two caches, no overwrite
 
 
-def test_seeds_both_ways_example(tmp_path):
-    out = _run("seeds_both_ways.py", "--epochs", "2", cwd=tmp_path)
+def _seeds_both_ways(out):
     lab = [line.split(maxsplit=1)[1] for line in out.splitlines() if " loss 0.2500 " in line]
     assert lab == ["loss 0.2500  dw1 +0.0  db1 +0.0  dw2 +0.0  db2 +1.0"] * 2  # both ways
     gaps = [float(line.rsplit("=", 1)[1]) for line in out.splitlines() if "max |stateful" in line]
@@ -57,15 +95,7 @@ def test_seeds_both_ways_example(tmp_path):
     assert final < 1e-12
 
 
-def test_char_gpt_example_trains_samples_and_plots(tmp_path):
-    plot = tmp_path / "gpt.png"
-    out = _run(
-        "char_gpt.py",
-        *("--steps", "30", "--layers", "1", "--features", "32", "--heads", "2", "--seq", "16"),
-        *("--batch", "16", "--lr", "1e-2", "--eval-every", "15", "--sample-length", "40"),
-        *("--plot", str(plot)),
-        cwd=tmp_path,
-    )
+def _char_gpt(out, plot):
     last = out.strip().splitlines()[-1]
     assert last.startswith("validation bits per character: ")
     bits = float(last.removeprefix("validation bits per character: "))
@@ -73,13 +103,7 @@ def test_char_gpt_example_trains_samples_and_plots(tmp_path):
     assert "--- sample" in out and plot.stat().st_size > 10_000
 
 
-def test_char_lstm_example_beats_the_unigram_baseline(tmp_path):
-    plot = tmp_path / "curves.png"
-    tiny = ["--steps", "60", "--hidden", "32", "--embed", "16", "--batch", "8", "--seq", "32"]
-    out = _run(
-        "char_lstm.py", *tiny, "--lr", "1e-2", "--evals", "2", "--sample", "40",
-        "--plot", str(plot), cwd=tmp_path,
-    )  # fmt: skip
+def _char_lstm(out, plot):
     lines = out.strip().splitlines()
     bpc = float(lines[-1].removeprefix("validation bits per character: "))
     unigram = float(next(x for x in lines if x.startswith("unigram baseline: ")).split()[2])
@@ -87,3 +111,37 @@ def test_char_lstm_example_beats_the_unigram_baseline(tmp_path):
     sampled = lines[lines.index("sampled text (prompt 'Return the'):") + 1]
     assert sampled.startswith("Return the")
     assert plot.stat().st_size > 10_000
+
+
+def test_examples_run_and_print_what_they_promise(tmp_path, subtests):
+    plots = {name: tmp_path / f"{name}.png" for name in ("mlp", "cnn", "gpt", "lstm")}
+    gpt = [
+        *("--steps", "30", "--layers", "1", "--features", "32", "--heads", "2", "--seq", "16"),
+        *("--batch", "16", "--lr", "1e-2", "--eval-every", "15", "--sample-length", "40"),
+    ]
+    lstm = [
+        *("--steps", "60", "--hidden", "32", "--embed", "16", "--batch", "8", "--seq", "32"),
+        *("--lr", "1e-2", "--evals", "2", "--sample", "40"),
+    ]
+    runs = [  # the float32 scripts first (see the module docstring)
+        ("digits_mlp", "digits_mlp.py", ["--epochs", "3", "--plot", str(plots["mlp"])]),
+        ("digits_cnn", "digits_cnn.py", ["--epochs", "3", "--plot", str(plots["cnn"])]),
+        ("char_gpt", "char_gpt.py", [*gpt, "--plot", str(plots["gpt"])]),
+        ("char_lstm", "char_lstm.py", [*lstm, "--plot", str(plots["lstm"])]),
+        ("seeds_both_ways", "seeds_both_ways.py", ["--epochs", "2"]),
+        ("stateful_vs_pure", "stateful_vs_pure.py", []),
+    ]
+    results = _run_all(runs, tmp_path)
+    checks = {
+        "digits_mlp": lambda out: _digits(out, plots["mlp"]),
+        "digits_cnn": lambda out: _digits(out, plots["cnn"]),
+        "char_gpt": lambda out: _char_gpt(out, plots["gpt"]),
+        "char_lstm": lambda out: _char_lstm(out, plots["lstm"]),
+        "seeds_both_ways": _seeds_both_ways,
+        "stateful_vs_pure": _stateful_vs_pure,
+    }
+    assert list(results) == list(checks)
+    for name, check in checks.items():
+        with subtests.test(msg=name):
+            assert results[name]["error"] is None, results[name]["error"][-3000:]
+            check(results[name]["stdout"])
