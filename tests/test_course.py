@@ -31,6 +31,15 @@ def test_the_course_has_its_pages():
         assert blocks(page), f"{page.name} has no python block"
 
 
+def test_course_blocks_are_all_found():
+    # tests/test_docs.py leaves the course to this file, whose simple pattern sees only
+    # unindented ```python blocks: no page may hide a setup or indent a block.
+    for page in PAGES:
+        text = page.read_text()
+        assert "<!-- test-setup" not in text, page.name
+        assert not re.search(r"^[ \t]+```python", text, re.MULTILINE), page.name
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
 def test_page_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a page that writes files writes them here

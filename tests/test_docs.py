@@ -10,6 +10,10 @@ be preceded by a hidden setup, an HTML comment the page does not render::
     x = jnp.linspace(-1, 1, 12).reshape(4, 3)
     -->
 
+The course (``docs/course/*.md``) is left to tests/test_course.py, which runs the same
+blocks the same way (its pages have no hidden setup and no indented block; it checks
+that), so no course page runs twice.
+
 Snippets are user code, so they run with JAX's default rank promotion (the suite raises on
 implicit broadcasting in library code). Keep them cheap: tiny shapes, a few steps.
 """
@@ -52,7 +56,7 @@ def snippets(text: str) -> list[tuple[int, str]]:
 PAGES = sorted(
     p
     for p in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]
-    if "api" not in p.relative_to(ROOT).parts and snippets(p.read_text())
+    if not {"api", "course"} & set(p.relative_to(ROOT).parts) and snippets(p.read_text())
 )
 
 
@@ -60,6 +64,7 @@ def test_snippets_are_found():
     text = "a\n\n```python\nx = 1\n```\n\n<!-- test-setup\ny = 2\n-->\n\n  ```text\nno\n  ```\n"
     assert snippets(text) == [(4, "x = 1\n"), (8, "y = 2\n")]
     assert {"README.md", "training.md", "writing-layers.md"} <= {p.name for p in PAGES}
+    assert not any("course" in p.parts for p in PAGES)  # tests/test_course.py runs those
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(ROOT).as_posix() for p in PAGES])
