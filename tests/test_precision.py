@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import funcnn as fn
+from funcnn import check
 from funcnn.precision import accumulation_dtype, all_finite
 
 BF16 = fn.train.mixed_precision(compute=jnp.bfloat16)
@@ -23,29 +24,17 @@ def _tree_cast(tree, dtype):
     )
 
 
-def _randomize(params, key, scale=0.3):
-    """Params away from their init values (batchnorm's ones and zeros hide mistakes)."""
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    return tree.unflatten(
-        [
-            a + scale * jax.random.normal(k, a.shape, a.dtype)
-            for a, k in zip(leaves, keys, strict=True)
-        ]
-    )
+def _init(model, shape, seed=0):
+    """Params and state in one compiled call: an eager init compiles every initializer
+    call on its own, which costs more than the tests."""
+    return jax.jit(lambda key: fn.init_layer(model, key, shape)[:2])(jax.random.PRNGKey(seed))
 
 
-def _init(model, shape, seed=0, scale=0.0):
-    """Params and state (randomized by ``scale``) in one compiled call: an eager init
-    compiles every initializer call on its own, which costs more than the tests."""
-
-    def f(key):
-        params, state, _ = fn.init_layer(model, key, shape)
-        if scale:
-            params = _randomize(params, jax.random.fold_in(key, 1), scale)
-        return params, state
-
-    return jax.jit(f)(jax.random.PRNGKey(seed))
+def _random_point(model, shape, seed=0):
+    """Random params and state (away from init's values: batchnorm's ones and zeros hide
+    mistakes), drawn with NumPy from the shapes alone: nothing is compiled for them."""
+    params, state, _ = check.init_shapes(model, jax.random.PRNGKey(seed), shape)
+    return check.random_params(jax.random.PRNGKey(seed + 1), params, state)
 
 
 def _train_state(model, opt, shape, seed=0):
@@ -253,7 +242,7 @@ def _model():
 def test_bf16_gradients_at_most_twice_the_error_of_jax_grad_in_bf16():
     model = _model()
     n = 128
-    params, state = _init(model, (n, 6, 6, 3), scale=0.1)
+    params, state = _random_point(model, (n, 6, 6, 3))
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(size=(n, 6, 6, 3)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, n), jnp.int32)
