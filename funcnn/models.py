@@ -158,8 +158,8 @@ def gpt(
     >>> out_shape, params["head"]
     ((4, 8, 11), {'table': Tied(source=('tok', 'table'))})
     >>> ids = jnp.zeros((4, 8), jnp.int32)
-    >>> loss, grads = fn.train.value_and_grad(model, fn.losses.softmax_cross_entropy())(
-    ...     params, ids, ids)
+    >>> f = jax.jit(fn.train.value_and_grad(model, fn.losses.softmax_cross_entropy()))
+    >>> loss, grads = f(params, ids, ids)
     >>> grads["tok"]["table"].shape
     (11, 16)
     """
