@@ -1,5 +1,6 @@
 """Losses: backward vs jax.grad, hand-computed values, PyTorch parity, stability, errors."""
 
+import functools
 import re
 
 import jax
@@ -23,93 +24,174 @@ CLASSIFICATION = {
 FACTORIES = {**ELEMENTWISE, **CLASSIFICATION}
 
 
-def _keys(seed, n):
-    return jax.random.split(jax.random.PRNGKey(seed), n)
-
-
 def _elementwise_inputs(name, shape, seed=0):
-    k1, k2 = _keys(seed, 2)
-    pred = 2.0 * jax.random.normal(k1, shape, jnp.float64)
+    """float64 (pred, target) drawn with NumPy (an eager jax.random call compiles a kernel
+    per shape)."""
+    rng = np.random.default_rng(seed)
+    pred = 2.0 * rng.normal(size=shape)
     if name == "binary_cross_entropy_with_logits":
-        target = jax.random.uniform(k2, shape, jnp.float64)
+        target = rng.uniform(size=shape)
     else:
-        target = jax.random.normal(k2, shape, jnp.float64)
-    return pred, target
+        target = rng.normal(size=shape)
+    return np.asarray(pred), np.asarray(target)
 
 
 def _labels(seed, shape, num_classes):
-    return jax.random.randint(jax.random.PRNGKey(seed), shape, 0, num_classes)
+    return np.asarray(np.random.default_rng(seed).integers(0, num_classes, size=shape))
 
 
-def _grad_reference(loss, pred, target, dloss):
-    """dloss * the gradient of the forward, from jax.grad (the reference we check against)."""
-    return dloss * jax.grad(lambda p: loss.forward(p, target)[0])(pred)
-
-
-def _assert_matches_grad(loss, pred, target, dloss):
+def _ours_and_ref(loss, pred, target, dloss):
+    """The loss, our backward, and dloss * the gradient of the forward from jax.grad (the
+    reference we check against)."""
     value, cache = loss.forward(pred, target)
     ours = loss.backward(cache, dloss)
-    ref = _grad_reference(loss, pred, target, dloss)
+    ref = dloss * jax.grad(lambda p: loss.forward(p, target)[0])(pred)
+    return value, ours, ref
+
+
+def _grad_table(build):
+    """Decorate ``build() -> {id: (loss, pred, target, dloss)}``: the result, called once
+    per process, gives ``{id: (value, ours, ref, pred's shape)}`` for every case, all
+    computed in ONE jitted program (one compile for the whole parametrized grid instead of
+    an eager compile per op and shape). ``dloss`` stays a Python number, as a caller
+    passes it."""
+
+    @functools.cache
+    def table():
+        cases = build()
+        ids = list(cases)
+
+        def run(data):
+            return [
+                _ours_and_ref(cases[i][0], pred, target, cases[i][3])
+                for i, (pred, target) in zip(ids, data, strict=True)
+            ]
+
+        out = jax.jit(run)([(cases[i][1], cases[i][2]) for i in ids])
+        return {i: (*o, np.shape(cases[i][1])) for i, o in zip(ids, out, strict=True)}
+
+    return table
+
+
+def _assert_matches_grad(result):
+    value, ours, ref, pred_shape = result
     assert value.shape == () and value.dtype == jnp.float64
-    assert ours.shape == pred.shape and ours.dtype == jnp.float64
+    assert ours.shape == pred_shape and ours.dtype == jnp.float64
     np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
 
 
 # --- backward vs jax.grad ----------------------------------------------------------------
 
+ELEMENTWISE_SHAPES = [(), (5,), (3, 4), (2, 3, 4)]
+ELEMENTWISE_NAMES = ["mse", "l1", "binary_cross_entropy_with_logits"]
+
+
+@_grad_table
+def _elementwise_table():
+    dloss = float(np.random.default_rng(7).normal())
+    return {
+        (name, shape, reduction): (
+            ELEMENTWISE[name](reduction=reduction),
+            *_elementwise_inputs(name, shape),
+            dloss,
+        )
+        for name in ELEMENTWISE_NAMES
+        for shape in ELEMENTWISE_SHAPES
+        for reduction in REDUCTIONS
+    }
+
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("shape", [(), (5,), (3, 4), (2, 3, 4)], ids=str)
-@pytest.mark.parametrize("name", ["mse", "l1", "binary_cross_entropy_with_logits"])
+@pytest.mark.parametrize("shape", ELEMENTWISE_SHAPES, ids=str)
+@pytest.mark.parametrize("name", ELEMENTWISE_NAMES)
 def test_elementwise_backward_matches_jax_grad(name, shape, reduction):
-    pred, target = _elementwise_inputs(name, shape)
-    dloss = float(jax.random.normal(jax.random.PRNGKey(7), ()))
-    _assert_matches_grad(ELEMENTWISE[name](reduction=reduction), pred, target, dloss)
+    _assert_matches_grad(_elementwise_table()[name, shape, reduction])
+
+
+HUBER_SHAPES = [(), (7,), (3, 4), (2, 3, 4)]
+HUBER_DELTAS = [0.5, 1.0, 2.5]
+
+
+@_grad_table
+def _huber_table():
+    cases = {}
+    for shape in HUBER_SHAPES:
+        _, target = _elementwise_inputs("huber", shape, seed=1)
+        # d = pred - target spread over [-2.9, 3.1] * delta: both branches, no point on a kink.
+        n = int(np.prod(shape))
+        for delta in HUBER_DELTAS:
+            d = delta * np.linspace(-2.9, 3.1, n) if n > 1 else np.array([0.3 * delta])
+            pred = target + d.reshape(shape)
+            for reduction in REDUCTIONS:
+                loss = losses.huber(delta, reduction)
+                cases[shape, delta, reduction] = (loss, pred, target, -1.7)
+    return cases
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("delta", [0.5, 1.0, 2.5])
-@pytest.mark.parametrize("shape", [(), (7,), (3, 4), (2, 3, 4)], ids=str)
+@pytest.mark.parametrize("delta", HUBER_DELTAS)
+@pytest.mark.parametrize("shape", HUBER_SHAPES, ids=str)
 def test_huber_backward_matches_jax_grad(shape, delta, reduction):
-    _, target = _elementwise_inputs("huber", shape, seed=1)
-    # d = pred - target spread over [-2.9, 3.1] * delta: both branches, no point on a kink.
-    n = int(np.prod(shape))
-    d = delta * np.linspace(-2.9, 3.1, n) if n > 1 else np.array([0.3 * delta])
-    pred = target + jnp.asarray(d.reshape(shape))
-    _assert_matches_grad(losses.huber(delta, reduction), pred, target, -1.7)
+    _assert_matches_grad(_huber_table()[shape, delta, reduction])
 
 
 CLASS_SHAPES = [(4,), (6, 5), (2, 3, 4), (4, 1)]  # logits shapes (..., C)
+
+
+@_grad_table
+def _classification_table():
+    rng = np.random.default_rng(2)
+    cases = {}
+    for shape in CLASS_SHAPES:
+        logits = 1.5 * rng.normal(size=shape)
+        labels = _labels(3, shape[:-1], shape[-1])
+        dloss = float(rng.normal())
+        for name in CLASSIFICATION:
+            for reduction in REDUCTIONS:
+                loss = CLASSIFICATION[name](reduction=reduction)
+                cases[name, shape, reduction] = (loss, logits, labels, dloss)
+    return cases
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("shape", CLASS_SHAPES, ids=str)
 @pytest.mark.parametrize("name", ["softmax_cross_entropy", "hinge"])
 def test_classification_backward_matches_jax_grad_labels(name, shape, reduction):
-    logits = 1.5 * jax.random.normal(jax.random.PRNGKey(2), shape, jnp.float64)
-    labels = _labels(3, shape[:-1], shape[-1])
-    dloss = float(jax.random.normal(jax.random.PRNGKey(4), ()))
-    _assert_matches_grad(CLASSIFICATION[name](reduction=reduction), logits, labels, dloss)
+    _assert_matches_grad(_classification_table()[name, shape, reduction])
+
+
+@_grad_table
+def _probabilities_table():
+    rng = np.random.default_rng(5)
+    cases = {}
+    for shape in CLASS_SHAPES:
+        logits = 3.0 * rng.normal(size=shape)
+        uniform = rng.uniform(size=shape)
+        for normalized in (True, False):
+            target = uniform / uniform.sum(-1, keepdims=True) if normalized else uniform
+            for reduction in REDUCTIONS:
+                loss = losses.softmax_cross_entropy(reduction)
+                cases[shape, reduction, normalized] = (loss, logits, target, 0.37)
+    return cases
 
 
 @pytest.mark.parametrize("normalized", [True, False], ids=["probabilities", "unnormalized"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("shape", CLASS_SHAPES, ids=str)
 def test_cross_entropy_backward_matches_jax_grad_probabilities(shape, reduction, normalized):
-    k1, k2 = _keys(5, 2)
-    logits = 3.0 * jax.random.normal(k1, shape, jnp.float64)
-    target = jax.random.uniform(k2, shape, jnp.float64)
-    if normalized:
-        target = target / target.sum(-1, keepdims=True)
-    loss = losses.softmax_cross_entropy(reduction)
-    _assert_matches_grad(loss, logits, target, 0.37)
+    _assert_matches_grad(_probabilities_table()[shape, reduction, normalized])
+
+
+@_grad_table
+def _margin_table():
+    rng = np.random.default_rng(6)
+    logits, labels = rng.normal(size=(8, 5)), _labels(7, (8,), 5)
+    return {m: (losses.hinge(margin=m), logits, labels, 1.3) for m in (0.0, 0.3, 2.0)}
 
 
 def test_hinge_margin_backward_matches_jax_grad():
-    logits = jax.random.normal(jax.random.PRNGKey(6), (8, 5), jnp.float64)
-    labels = _labels(7, (8,), 5)
     for margin in (0.0, 0.3, 2.0):
-        _assert_matches_grad(losses.hinge(margin=margin), logits, labels, 1.3)
+        _assert_matches_grad(_margin_table()[margin])
 
 
 # --- values computed by hand --------------------------------------------------------------
@@ -411,19 +493,24 @@ def test_hinge_finite_for_huge_logits(dtype):
 
 
 def _example_inputs(name, dtype):
-    k1, k2 = _keys(11, 2)
-    pred = jax.random.normal(k1, (4, 3), dtype)
+    rng = np.random.default_rng(11)
+    pred = jnp.asarray(rng.normal(size=(4, 3)).astype(dtype))
     if name in CLASSIFICATION:
-        return pred, _labels(12, (4,), 3)
-    return pred, jax.random.uniform(k2, (4, 3), jnp.float64)  # float64 target on purpose
+        return pred, jnp.asarray(_labels(12, (4,), 3))
+    return pred, jnp.asarray(rng.uniform(size=(4, 3)))  # float64 target on purpose
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_float32_pred_gives_float32_loss_and_grad(name):
+    # The dtypes are decided while tracing: jax.eval_shape runs the same code, compiles nothing.
     loss = FACTORIES[name]()
     pred, target = _example_inputs(name, jnp.float32)
-    value, cache = loss.forward(pred, target)
-    grad = loss.backward(cache, jnp.asarray(2.0, jnp.float64))
+
+    def value_and_grad(pred, target):
+        value, cache = loss.forward(pred, target)
+        return value, loss.backward(cache, jnp.asarray(2.0, jnp.float64))
+
+    value, grad = jax.eval_shape(value_and_grad, pred, target)
     assert value.dtype == jnp.float32 and grad.dtype == jnp.float32
     assert grad.shape == pred.shape
 
@@ -594,10 +681,10 @@ def test_cross_entropy_ignore_index_matches_torch(reduction, ignore_index):
 
 
 def test_cross_entropy_ignore_index_counts_only_the_other_rows():
-    logits = jax.random.normal(jax.random.PRNGKey(0), (4, 3), jnp.float64)
-    labels = jnp.array([0, -1, 2, -1])
+    logits = np.random.default_rng(0).normal(size=(4, 3))
+    labels = np.array([0, -1, 2, -1])
     value, grad = _value_and_grad(losses.softmax_cross_entropy(ignore_index=-1), logits, labels)
-    kept = jnp.array([0, 2])
+    kept = np.array([0, 2])
     ref, ref_grad = _value_and_grad(losses.softmax_cross_entropy(), logits[kept], labels[kept])
     np.testing.assert_allclose(value, ref, rtol=1e-14)  # divided by 2 counted rows, not 4
     np.testing.assert_allclose(grad[kept], ref_grad, rtol=1e-14)
@@ -635,31 +722,44 @@ def test_cross_entropy_ignore_index_errors():
 def _loss_inputs(name, shape=(3, 4)):
     if name in ELEMENTWISE:
         return _elementwise_inputs(name, shape, seed=7)
-    logits = 2.0 * jax.random.normal(jax.random.PRNGKey(7), shape, jnp.float64)
+    logits = 2.0 * np.random.default_rng(7).normal(size=shape)
     return logits, _labels(8, shape[:-1], shape[-1])
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_reduction_none_gives_one_loss_per_entry(name):
     pred, target = _loss_inputs(name)
-    per_entry, cache = FACTORIES[name](reduction="none").forward(pred, target)
     expected_shape = pred.shape if name in ELEMENTWISE else pred.shape[:-1]
-    assert per_entry.shape == expected_shape and per_entry.dtype == jnp.float64
-    total, sum_cache = FACTORIES[name](reduction="sum").forward(pred, target)
-    np.testing.assert_allclose(per_entry.sum(), total, rtol=1e-12)
-    # A scalar dloss weighs every entry: the gradient of the sum.
     none = FACTORIES[name](reduction="none")
-    np.testing.assert_allclose(
-        none.backward(cache, 2.0),
-        FACTORIES[name](reduction="sum").backward(sum_cache, 2.0),
-        rtol=1e-12,
-    )
-    # An array dloss is the cotangent of the per-entry losses: jax.vjp of our forward.
-    dloss = jax.random.normal(jax.random.PRNGKey(9), expected_shape, jnp.float64)
-    _, vjp = jax.vjp(lambda p: none.forward(p, target)[0], pred)
-    np.testing.assert_allclose(none.backward(cache, dloss), vjp(dloss)[0], rtol=1e-10, atol=1e-12)
+    total_loss = FACTORIES[name](reduction="sum")
+    dloss = np.random.default_rng(9).normal(size=expected_shape)
+
+    @jax.jit  # one program for every check below
+    def run(pred, target, dloss):
+        per_entry, cache = none.forward(pred, target)
+        total, sum_cache = total_loss.forward(pred, target)
+        _, vjp = jax.vjp(lambda p: none.forward(p, target)[0], pred)
+        return (
+            per_entry,
+            total,
+            # A scalar dloss weighs every entry: the gradient of the sum.
+            none.backward(cache, 2.0),
+            total_loss.backward(sum_cache, 2.0),
+            # An array dloss is the cotangent of the per-entry losses: jax.vjp of our forward.
+            none.backward(cache, dloss),
+            vjp(dloss)[0],
+        )
+
+    per_entry, total, scalar_grad, sum_grad, ours, ref = run(pred, target, dloss)
+    assert per_entry.shape == expected_shape and per_entry.dtype == jnp.float64
+    np.testing.assert_allclose(np.sum(per_entry), total, rtol=1e-12)
+    np.testing.assert_allclose(scalar_grad, sum_grad, rtol=1e-12)
+    np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+    # A dloss of another shape is an error, raised while tracing (jax.eval_shape: no compile).
+    cache = jax.eval_shape(lambda p, t: none.forward(p, t)[1], pred, target)
+    bad = np.ones((1, *expected_shape[1:]) if expected_shape[0] > 1 else (2,))
     with pytest.raises(ValueError, match=rf"^{name}: with reduction='none', dloss must be a"):
-        none.backward(cache, jnp.ones((1, *expected_shape[1:]) if expected_shape[0] > 1 else (2,)))
+        jax.eval_shape(none.backward, cache, bad)
 
 
 def test_reduction_none_matches_torch():
@@ -719,15 +819,23 @@ def test_label_smoothing_matches_torch(reduction, target_kind):
     np.testing.assert_allclose(ours.backward(cache), p.grad.numpy(), rtol=1e-12, atol=1e-14)
 
 
+@_grad_table
+def _smoothing_table():
+    logits, labels = np.random.default_rng(3).normal(size=(3, 5)), _labels(4, (3,), 5)
+    return {
+        eps: (losses.softmax_cross_entropy(label_smoothing=eps), logits, labels, 1.5)
+        for eps in (0.0, 0.1, 1.0)
+    }
+
+
 def test_label_smoothing_backward_matches_jax_grad_and_bounds():
-    logits = jax.random.normal(jax.random.PRNGKey(3), (3, 5), jnp.float64)
-    labels = _labels(4, (3,), 5)
     for eps in (0.0, 0.1, 1.0):
-        loss = losses.softmax_cross_entropy(label_smoothing=eps)
-        _assert_matches_grad(loss, logits, labels, 1.5)
+        _assert_matches_grad(_smoothing_table()[eps])
     # eps = 1: the target is uniform whatever the label
-    uniform, _ = losses.softmax_cross_entropy(label_smoothing=1.0).forward(logits, labels)
-    other, _ = losses.softmax_cross_entropy(label_smoothing=1.0).forward(logits, (labels + 1) % 5)
+    logits, labels = np.random.default_rng(3).normal(size=(3, 5)), _labels(4, (3,), 5)
+    loss = losses.softmax_cross_entropy(label_smoothing=1.0)
+    both = jax.jit(lambda x, y: (loss.forward(x, y)[0], loss.forward(x, (y + 1) % 5)[0]))
+    uniform, other = both(logits, labels)
     np.testing.assert_allclose(uniform, other, rtol=1e-14)
     with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\], got 1.5"):
         losses.softmax_cross_entropy(label_smoothing=1.5)
