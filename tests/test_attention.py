@@ -22,21 +22,30 @@ from funcnn.layers.embedding import embedding, unembedding
 
 
 def _normal(seed, shape):
-    return jax.random.normal(jax.random.PRNGKey(seed), shape, jnp.float64)
+    """float64 normal noise drawn with NumPy (an eager jax.random call compiles a kernel
+    per shape), put on the device without a compile."""
+    return jax.device_put(np.random.default_rng(seed).normal(size=shape))
 
 
-def _random(params, seed=0):
-    """Random float64 params (biases included), a different draw for every leaf."""
-    params, _ = fn.check.random_params(jax.random.PRNGKey(seed), params)
-    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+def _params(layer, input_shape, seed=0):
+    """Random float64 params (biases included), a different draw for every leaf, and the
+    output shape. ``init`` is only traced for its shapes (``fn.check.init_shapes``): its
+    random initializers would compile a kernel per shape."""
+    params, _, out_shape = fn.check.init_shapes(layer, jax.random.PRNGKey(0), input_shape)
+    as_f64 = lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float64)  # noqa: E731
+    params = jax.tree_util.tree_map(as_f64, params)
+    return fn.check.random_params(jax.random.PRNGKey(seed), params)[0], out_shape
 
 
 def _plain_attention(q, k, v, allowed):
-    """softmax(q k^T / sqrt(d) + M) v with jax.nn.softmax, rows with nothing allowed at 0."""
-    s = jnp.einsum("nhqd,nhkd->nhqk", q, k) / np.sqrt(q.shape[-1])
-    p = jax.nn.softmax(jnp.where(allowed, s, -jnp.inf), axis=-1)
-    p = jnp.where(allowed.any(-1, keepdims=True), p, 0.0)
-    return jnp.einsum("nhqk,nhkd->nhqd", p, v)
+    """softmax(q k^T / sqrt(d) + M) v in NumPy, rows with nothing allowed at 0."""
+    s = np.einsum("nhqd,nhkd->nhqk", q, k) / np.sqrt(q.shape[-1])
+    s = np.where(allowed, s, -np.inf)
+    m = s.max(-1, keepdims=True)
+    e = np.where(allowed, np.exp(s - np.where(np.isfinite(m), m, 0.0)), 0.0)
+    z = e.sum(-1, keepdims=True)
+    p = np.where(z > 0, e / np.where(z > 0, z, 1.0), 0.0)
+    return np.einsum("nhqk,nhkd->nhqd", p, v)
 
 
 def _allowed(n, tq, tk, causal, mask):
@@ -45,10 +54,10 @@ def _allowed(n, tq, tk, causal, mask):
         allowed &= np.tril(np.ones((tq, tk), bool))[None, None]
     if mask is not None:
         allowed &= np.asarray(mask)[:, None, None, :]
-    return jnp.asarray(allowed)
+    return allowed
 
 
-MASK = jnp.array([[True, False, True, True, False, True, True], [False] * 7])
+MASK = np.array([[True, False, True, True, False, True, True], [False] * 7])
 
 
 @pytest.mark.parametrize(
@@ -59,10 +68,15 @@ MASK = jnp.array([[True, False, True, True, False, True, True], [False] * 7])
 def test_sdpa_forward_is_softmax_attention_in_both_modes(causal, masked, tq):
     q, k, v = _normal(0, (2, 3, tq, 4)), _normal(1, (2, 3, 7, 4)), _normal(2, (2, 3, 7, 5))
     x = (q, k, v, MASK) if masked else (q, k, v)
-    expected = _plain_attention(q, k, v, _allowed(2, tq, 7, causal, MASK if masked else None))
-    for memory, block in [("saved", 128), ("recompute", 3)]:
-        layer = scaled_dot_product_attention(causal, memory=memory, block_size=block)
-        o, _ = layer.forward((), x)
+    allowed = _allowed(2, tq, 7, causal, MASK if masked else None)
+    expected = _plain_attention(*map(np.asarray, (q, k, v)), allowed)
+    layers = {
+        memory: scaled_dot_product_attention(causal, memory=memory, block_size=block)
+        for memory, block in [("saved", 128), ("recompute", 3)]
+    }
+    # Both modes in one compiled program.
+    outs = jax.jit(lambda x: {m: layer.forward((), x)[0] for m, layer in layers.items()})(x)
+    for memory, o in outs.items():
         np.testing.assert_allclose(o, expected, rtol=1e-12, atol=1e-13, err_msg=memory)
 
 
@@ -76,10 +90,11 @@ def _grads(layer, params, x, dy):
 )
 def test_saved_and_recompute_give_the_same_numbers(form):
     """Both modes agree to 1e-10 in float64 (output, dx, every param gradient), with
-    block sizes that do not divide the lengths."""
+    block sizes that do not divide the lengths (4: two blocks of the 7 queries and of the
+    5 keys, the last one short; 128: one block)."""
     x_q, x_kv = _normal(0, (2, 7, 4)), _normal(1, (2, 5, 6))
-    mask_kv = jnp.array([[True, False, True, True, True], [False] * 5])
-    mask_self = jnp.array([[False, True, True, False, True, True, True], [True] * 7])
+    mask_kv = np.array([[True, False, True, True, True], [False] * 5])
+    mask_self = np.array([[False, True, True, False, True, True, True], [True] * 7])
     x = {
         "self": x_q,
         "self_mask": (x_q, mask_self),
@@ -88,13 +103,16 @@ def test_saved_and_recompute_give_the_same_numbers(form):
     }[form]
     causal = form != "cross"
     saved = multi_head_attention(2, causal=causal)
-    params, out_shape = saved.init(jax.random.PRNGKey(0), jax.tree_util.tree_map(jnp.shape, x))
-    params = _random(params)
+    params, out_shape = _params(saved, jax.tree_util.tree_map(np.shape, x))
     dy = _normal(3, out_shape)
-    reference = _grads(saved, params, x, dy)
-    for block in (3, 128):
-        recompute = multi_head_attention(2, causal=causal, memory="recompute", block_size=block)
-        got = _grads(recompute, params, x, dy)
+    recompute = [
+        multi_head_attention(2, causal=causal, memory="recompute", block_size=block)
+        for block in (4, 128)
+    ]
+    # The three layers' forward and backward in one compiled program.
+    run = jax.jit(lambda p, x, dy: [_grads(layer, p, x, dy) for layer in (saved, *recompute)])
+    reference, *results = run(params, x, dy)
+    for got in results:
         assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(reference)
         for a, b in zip(
             jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(reference), strict=True
@@ -107,13 +125,21 @@ def test_rows_with_nothing_to_attend_give_zeros_not_nan(memory):
     # Batch element 1 masks every key; in element 0 key 0 is masked, so with the causal
     # rule its query 0 has nothing left to attend to.
     layer = multi_head_attention(2, causal=True, memory=memory, block_size=2)
-    mask = jnp.array([[False, True, True, True, True], [False] * 5])
+    mask = np.array([[False, True, True, True, True], [False] * 5])
     x = _normal(0, (2, 5, 4))
-    params, _ = layer.init(jax.random.PRNGKey(0), ((2, 5, 4), (2, 5)))
-    params = _random(params, 1)
-    y, cache = layer.forward(params, (x, mask))
-    dy = _normal(2, y.shape)
-    (dx, dmask), grads = layer.backward(params, cache, dy)
+    params, out_shape = _params(layer, ((2, 5, 4), (2, 5)), 1)
+    dy = _normal(2, out_shape)
+    core = scaled_dot_product_attention(True, memory=memory, block_size=2)
+    q, k, v = _normal(3, (2, 2, 5, 3)), _normal(4, (2, 2, 5, 3)), _normal(5, (2, 2, 5, 3))
+    do = _normal(6, (2, 2, 5, 3))
+
+    @jax.jit  # the layer and the core alone, in one compiled program
+    def run(params, x, mask, dy, q, k, v, do):
+        y, cache = layer.forward(params, (x, mask))
+        o, core_cache = core.forward((), (q, k, v, mask))
+        return y, layer.backward(params, cache, dy), o, core.backward((), core_cache, do)
+
+    y, ((dx, dmask), grads), o, ((dq, dk, dv, dm), _) = run(params, x, mask, dy, q, k, v, do)
     assert dmask is None
     for leaf in jax.tree_util.tree_leaves((y, dx, grads)):
         assert bool(jnp.all(jnp.isfinite(leaf)))
@@ -124,10 +150,7 @@ def test_rows_with_nothing_to_attend_give_zeros_not_nan(memory):
     np.testing.assert_array_equal(dx[1], 0.0)
 
     # The core alone: the empty rows' queries and the masked keys get zero gradients.
-    core = scaled_dot_product_attention(True, memory=memory, block_size=2)
-    q, k, v = _normal(3, (2, 2, 5, 3)), _normal(4, (2, 2, 5, 3)), _normal(5, (2, 2, 5, 3))
-    o, cache = core.forward((), (q, k, v, mask))
-    (dq, dk, dv, dm), _ = core.backward((), cache, _normal(6, o.shape))
+    assert o.shape == do.shape
     assert dm is None
     np.testing.assert_array_equal(o[1], 0.0)
     np.testing.assert_array_equal(o[0, :, 0], 0.0)
@@ -172,22 +195,20 @@ def test_matches_torch_multihead_attention():
     torch = pytest.importorskip("torch")
     n, t, d, heads = 2, 5, 6, 3
     layer = multi_head_attention(heads, causal=True)
-    params, _ = layer.init(jax.random.PRNGKey(0), ((n, t, d), (n, t)))
-    params = _random(params, 7)
+    params, out_shape = _params(layer, ((n, t, d), (n, t)), 7)
     x = _normal(8, (n, t, d))
-    mask = jnp.array([[True, True, False, True, True], [True, False, True, True, False]])
-    y, cache = layer.forward(params, (x, mask))
-    dy = _normal(9, y.shape)
-    (dx, _), grads = layer.backward(params, cache, dy)
+    mask = np.array([[True, True, False, True, True], [True, False, True, True, False]])
+    dy = _normal(9, out_shape)
+    y, ((dx, _), grads) = jax.jit(lambda p, x, dy: _grads(layer, p, x, dy))(params, (x, mask), dy)
 
     mha = torch.nn.MultiheadAttention(d, heads, batch_first=True, dtype=torch.float64)
     as_torch = lambda a: torch.from_numpy(np.asarray(a).copy())  # noqa: E731
     with torch.no_grad():
         mha.in_proj_weight.copy_(
-            as_torch(jnp.concatenate([params[w].T for w in ("wq", "wk", "wv")]))
+            as_torch(np.concatenate([np.asarray(params[w]).T for w in ("wq", "wk", "wv")]))
         )
-        mha.in_proj_bias.copy_(as_torch(jnp.concatenate([params[b] for b in ("bq", "bk", "bv")])))
-        mha.out_proj.weight.copy_(as_torch(params["wo"].T))
+        mha.in_proj_bias.copy_(as_torch(np.concatenate([params[b] for b in ("bq", "bk", "bv")])))
+        mha.out_proj.weight.copy_(as_torch(np.asarray(params["wo"]).T))
         mha.out_proj.bias.copy_(as_torch(params["bo"]))
     xt = as_torch(x).requires_grad_(True)
     causal = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)  # True = forbidden
@@ -201,16 +222,22 @@ def test_matches_torch_multihead_attention():
     np.testing.assert_allclose(grads["wo"], mha.out_proj.weight.grad.numpy().T, rtol=1e-10)
 
 
+def _init_shapes(layer, input_shape):
+    """``init``'s params (their shapes) and output shape, traced: nothing compiled."""
+    params, _, out = fn.check.init_shapes(layer, jax.random.PRNGKey(0), input_shape)
+    return params, out
+
+
 def test_init_shapes_and_defaults():
     layer = multi_head_attention(4)
-    params, out = layer.init(jax.random.PRNGKey(0), (2, 3, 8))
+    params, out = _init_shapes(layer, (2, 3, 8))
     assert out == (2, 3, 8)
     assert {k: v.shape for k, v in params.items()} == {
         "wq": (8, 8), "bq": (8,), "wk": (8, 8), "bk": (8,),
         "wv": (8, 8), "bv": (8,), "wo": (8, 8), "bo": (8,),
     }  # fmt: skip
     layer = multi_head_attention(2, head_dim=3, out_features=5, use_bias=False)
-    params, out = layer.init(jax.random.PRNGKey(0), ((2, 3, 8), (2, 4, 7)))
+    params, out = _init_shapes(layer, ((2, 3, 8), (2, 4, 7)))
     assert out == (2, 3, 5)
     assert {k: v.shape for k, v in params.items()} == {
         "wq": (8, 6),
@@ -218,20 +245,19 @@ def test_init_shapes_and_defaults():
         "wv": (7, 6),
         "wo": (6, 5),
     }
-    params, out = positional_embedding(10).init(jax.random.PRNGKey(0), (2, 3, 8))
+    params, out = _init_shapes(positional_embedding(10), (2, 3, 8))
     assert params["table"].shape == (10, 8) and out == (2, 3, 8)
 
 
 def test_positional_embedding_adds_rows_by_position():
     layer = positional_embedding(5)
-    params, _ = layer.init(jax.random.PRNGKey(0), (2, 3, 4))
-    x = _normal(0, (2, 3, 4))
-    y, cache = layer.forward(params, x)
-    np.testing.assert_array_equal(y, x + params["table"][None, :3])
-    dy = _normal(1, (2, 3, 4))
-    dx, grads = layer.backward(params, cache, dy)
+    params, _ = _params(layer, (2, 3, 4))
+    x, dy = _normal(0, (2, 3, 4)), _normal(1, (2, 3, 4))
+    y, (dx, grads) = jax.jit(lambda p, x, dy: _grads(layer, p, x, dy))(params, x, dy)
+    table = np.asarray(params["table"])
+    np.testing.assert_array_equal(y, np.asarray(x) + table[None, :3])
     np.testing.assert_array_equal(dx, dy)
-    np.testing.assert_allclose(grads["table"][:3], dy.sum(0))
+    np.testing.assert_allclose(grads["table"][:3], np.asarray(dy).sum(0))
     np.testing.assert_array_equal(grads["table"][3:], 0.0)
 
 
@@ -240,18 +266,19 @@ def test_positional_embedding_adds_rows_by_position():
 
 def test_tied_gradient_is_the_sum_of_both_uses_as_jax_grad():
     model = fn.tied(fn.sequential(fn.dense(4), fn.tanh(), fn.dense(4)), ((0,), (2,)))
-    params, _ = model.init(jax.random.PRNGKey(0), (3, 4))
+    params, _ = _params(model, (3, 4))  # float64, and a bias that is not zero
     assert params[2] == Tied((0,)) and set(params[0]) == {"w", "b"}
-    params = _random(params)  # float64, and a bias that is not zero
     x, dy = _normal(1, (3, 4)), _normal(2, (3, 4))
 
     def plain(p, x):  # one dense layer's params used twice
         return jnp.tanh(x @ p["w"] + p["b"][None]) @ p["w"] + p["b"][None]
 
-    y, cache = model.forward(params, x)
-    dx, grads = model.backward(params, cache, dy)
-    y_ref, vjp = jax.vjp(plain, params[0], x)
-    g_ref, dx_ref = vjp(dy)
+    @jax.jit  # ours and the reference in one compiled program
+    def run(params, x, dy):
+        y_ref, vjp = jax.vjp(plain, params[0], x)
+        return _grads(model, params, x, dy), y_ref, vjp(dy)
+
+    (y, (dx, grads)), y_ref, (g_ref, dx_ref) = run(params, x, dy)
     np.testing.assert_allclose(y, y_ref, rtol=1e-13)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12)
     assert grads[2] == Tied((0,)) and grads[1] == ()
@@ -264,17 +291,21 @@ def test_tied_embedding_and_head_train_and_round_trip(tmp_path):
     loss = fn.losses.softmax_cross_entropy()
     opt = fn.optim.adamw(0.1)
     ts = fn.train.init_train_state(model, opt, jax.random.PRNGKey(0), (4, 2))
-    ids = jnp.array([[0, 1], [2, 3], [4, 0], [1, 2]])
+    ids = jax.device_put(np.array([[0, 1], [2, 3], [4, 0], [1, 2]]))
 
     def plain_loss(table):
         logits = table[ids] @ table.T
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), ids[..., None], -1))
 
-    value, grads = fn.train.value_and_grad(model, loss)(ts.params, ids, ids)
-    ref_value, ref_grad = jax.value_and_grad(plain_loss)(ts.params[0]["table"])
+    @jax.jit  # ours and the reference in one compiled program
+    def both(params):
+        ours = fn.train.value_and_grad(model, loss)(params, ids, ids)
+        return ours, jax.value_and_grad(plain_loss)(params[0]["table"])
+
+    (value, grads), (ref_value, ref_grad) = both(ts.params)
     np.testing.assert_allclose(value, ref_value, rtol=1e-6)
     np.testing.assert_allclose(grads[0]["table"], ref_grad, rtol=1e-5, atol=1e-7)
-    step = fn.train.train_step(model, loss, opt, jit=False)
+    step = fn.train.train_step(model, loss, opt)  # compiled once for the 21 steps
     ts, first = step(ts, ids, ids)
     for _ in range(20):
         ts, last = step(ts, ids, ids)
@@ -289,7 +320,9 @@ def test_tied_embedding_and_head_train_and_round_trip(tmp_path):
 def test_tied_inside_a_wide_model():
     model = fn.tied(fn.sequential(fn.dense(3), fn.dropout(0.5), fn.dense(3)), ((0, "w"), (2, "w")))
     assert model.wide
-    params, state, _ = fn.init_layer(model, jax.random.PRNGKey(0), (4, 3))
+    # Traced for the structure only: check_grads draws its own random params.
+    init = jax.eval_shape(lambda k: fn.init_layer(model, k, (4, 3))[:2], jax.random.PRNGKey(0))
+    params, state = init
     assert state == ((), (), ()) and params[2]["w"] == Tied((0, "w"))
     fn.check.check_grads(model, params, _normal(0, (4, 3)), state=state, fd_directions=1)
 
@@ -357,58 +390,65 @@ def test_init_errors():
         )
 
 
+def _ones(shape, dtype=jnp.float64):
+    """An input of ``shape`` for jax.eval_shape (what jnp.ones would be, without a compile)."""
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
 def test_forward_errors():
+    # Raised while tracing: jax.eval_shape runs the forward without compiling.
     layer = multi_head_attention(2)
-    params, _ = layer.init(jax.random.PRNGKey(0), ((2, 3, 4), (2, 5, 6)))
-    x_q, x_kv = jnp.ones((2, 3, 4)), jnp.ones((2, 5, 6))
+    params, _ = _init_shapes(layer, ((2, 3, 4), (2, 5, 6)))
+    x_q, x_kv = _ones((2, 3, 4)), _ones((2, 5, 6))
     with pytest.raises(ValueError, match=r"made for D=4, D_kv=6, got x_q of shape \(2, 3, 5\)"):
-        layer.forward(params, (jnp.ones((2, 3, 5)), x_kv))
+        jax.eval_shape(layer.forward, params, (_ones((2, 3, 5)), x_kv))
     with pytest.raises(TypeError, match=r"kv_mask must be a boolean array .* got dtype int32"):
-        layer.forward(params, (x_q, x_kv, jnp.ones((2, 5), jnp.int32)))
+        jax.eval_shape(layer.forward, params, (x_q, x_kv, _ones((2, 5), jnp.int32)))
     with pytest.raises(ValueError, match=r"kv_mask must have shape \(N, T_kv\) = \(2, 5\), got"):
-        layer.forward(params, (x_q, x_kv, jnp.ones((2, 3), bool)))
+        jax.eval_shape(layer.forward, params, (x_q, x_kv, _ones((2, 3), bool)))
     with pytest.raises(TypeError, match="x_q must be a floating-point array"):
-        layer.forward(params, (jnp.ones((2, 3, 4), jnp.int32), x_kv))
+        jax.eval_shape(layer.forward, params, (_ones((2, 3, 4), jnp.int32), x_kv))
     self_layer = multi_head_attention(2)
-    self_params, _ = self_layer.init(jax.random.PRNGKey(0), (2, 3, 4))
+    self_params, _ = _init_shapes(self_layer, (2, 3, 4))
     with pytest.raises(ValueError, match=r"made for D=4, got x of shape \(2, 3, 8\)"):
-        self_layer.forward(self_params, jnp.ones((2, 3, 8)))
+        jax.eval_shape(self_layer.forward, self_params, _ones((2, 3, 8)))
     with pytest.raises(ValueError, match="expects x"):
-        self_layer.forward(self_params, (x_q, x_kv, jnp.ones((2, 5), bool), x_q))
+        jax.eval_shape(self_layer.forward, self_params, (x_q, x_kv, _ones((2, 5), bool), x_q))
     pos = positional_embedding(4)
-    pos_params, _ = pos.init(jax.random.PRNGKey(0), (2, 3, 4))
+    pos_params, _ = _init_shapes(pos, (2, 3, 4))
     with pytest.raises(ValueError, match="T=5 exceeds max_len=4"):
-        pos.forward(pos_params, jnp.ones((2, 5, 4)))
+        jax.eval_shape(pos.forward, pos_params, _ones((2, 5, 4)))
     with pytest.raises(ValueError, match=r"the table was made for D=4, got input of shape"):
-        pos.forward(pos_params, jnp.ones((2, 3, 5)))
+        jax.eval_shape(pos.forward, pos_params, _ones((2, 3, 5)))
     core = scaled_dot_product_attention()
     with pytest.raises(ValueError, match=r"expects a tuple \(q, k, v\)"):
-        core.forward((), jnp.ones((2, 3, 4, 5)))
+        jax.eval_shape(core.forward, (), _ones((2, 3, 4, 5)))
     with pytest.raises(ValueError, match="q must have 4 axes"):
-        core.forward((), (jnp.ones((3, 4, 5)),) * 3)
+        jax.eval_shape(core.forward, (), (_ones((3, 4, 5)),) * 3)
 
 
 def test_backward_errors():
+    # Raised while tracing: jax.eval_shape runs forward and backward without compiling.
     layer = multi_head_attention(2, memory="recompute")
-    params, _ = layer.init(jax.random.PRNGKey(0), (2, 3, 4))
-    _, cache = layer.forward(params, jnp.ones((2, 3, 4)))
+    params, _ = _init_shapes(layer, (2, 3, 4))
+    cache = jax.eval_shape(layer.forward, params, _ones((2, 3, 4)))[1]
     with pytest.raises(
         ValueError, match=r"multi_head_attention: dy must have the shape .* \(2, 3, 4\)"
     ):
-        layer.backward(params, cache, jnp.ones((1, 3, 4)))  # would broadcast silently
+        jax.eval_shape(layer.backward, params, cache, _ones((1, 3, 4)))  # broadcasts
     with pytest.raises(ValueError, match="multi_head_attention: dy must be floating point"):
-        layer.backward(params, cache, jnp.ones((2, 3, 4), jnp.int32))
+        jax.eval_shape(layer.backward, params, cache, _ones((2, 3, 4), jnp.int32))
     core = scaled_dot_product_attention()
-    _, core_cache = core.forward((), (jnp.ones((1, 2, 3, 4)),) * 3)
+    core_cache = jax.eval_shape(core.forward, (), (_ones((1, 2, 3, 4)),) * 3)[1]
     with pytest.raises(ValueError, match=r"scaled_dot_product_attention: dy must have the"):
-        core.backward((), core_cache, jnp.ones((1, 2, 3, 5)))
+        jax.eval_shape(core.backward, (), core_cache, _ones((1, 2, 3, 5)))
     pos = positional_embedding(4)
-    pos_params, _ = pos.init(jax.random.PRNGKey(0), (2, 3, 4))
-    _, pos_cache = pos.forward(pos_params, jnp.ones((2, 3, 4)))
+    pos_params, _ = _init_shapes(pos, (2, 3, 4))
+    pos_cache = jax.eval_shape(pos.forward, pos_params, _ones((2, 3, 4)))[1]
     with pytest.raises(ValueError, match=r"positional_embedding: dy must have the shape of this"):
-        pos.backward(pos_params, pos_cache, jnp.ones((2, 4, 4)))
+        jax.eval_shape(pos.backward, pos_params, pos_cache, _ones((2, 4, 4)))
     head = unembedding(5)
-    head_params, _ = head.init(jax.random.PRNGKey(0), (2, 4))
-    _, head_cache = head.forward(head_params, jnp.ones((2, 4)))
+    head_params, _ = _init_shapes(head, (2, 4))
+    head_cache = jax.eval_shape(head.forward, head_params, _ones((2, 4)))[1]
     with pytest.raises(ValueError, match=r"unembedding: dy must have the shape .* \(2, 5\)"):
-        head.backward(head_params, head_cache, jnp.ones((2, 4)))
+        jax.eval_shape(head.backward, head_params, head_cache, _ones((2, 4)))
