@@ -56,8 +56,26 @@ def _long(item) -> bool:
     return any(m.name == "slow" for m in (marks if isinstance(marks, list) else [marks]))
 
 
+def _first_parametrization_only(items):
+    """Mark ``slow`` every parametrization of a test but its first: the quick subset runs
+    each test function once. A function that marks some of its own parametrizations
+    ``slow`` (test_contract.py keeps the first case of each factory) chooses for itself."""
+    groups: dict = {}
+    for item in items:
+        if getattr(item, "callspec", None) is not None:
+            groups.setdefault((item.path, item.originalname), []).append(item)
+    for group in groups.values():
+        if any(item.get_closest_marker("slow") for item in group):
+            continue
+        for item in group[1:]:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_collection_modifyitems(items):
-    """Docstring examples run in the full suite only: each compiles its own programs.
+    """The quick subset, and the order tests are handed out in.
+
+    Docstring examples run in the full suite only (each compiles its own programs), and so
+    do all parametrizations of a test but its first.
 
     The long tests go first (a stable sort, so every xdist worker collects the same order):
     xdist hands out tests in collection order, and a 30-second subprocess test that starts
@@ -66,4 +84,5 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if isinstance(item, pytest.DoctestItem):
             item.add_marker(pytest.mark.slow)
+    _first_parametrization_only(items)
     items.sort(key=lambda item: not _long(item))

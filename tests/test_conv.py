@@ -392,6 +392,7 @@ print(json.dumps(results))
 """
 
 
+@pytest.mark.slow  # a child interpreter: a jax start and its own compiles
 def test_xla_trap_in_subprocess():
     """Our backward where jax.vjp aborts XLA:CPU: finite differences and the direct loops.
 
