@@ -21,8 +21,13 @@ MSE = fn.losses.mse()
 CE = fn.losses.softmax_cross_entropy()
 
 
-def f64(tree):
-    return jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), tree)
+def f64_params(model, input_shape, seed=1):
+    """Random float64 params (biases included) and the init's state: ``init`` is only
+    traced (``fn.check.init_shapes``), the values come from NumPy (``random_params``)."""
+    params, state, _ = fn.check.init_shapes(model, jax.random.PRNGKey(0), input_shape)
+    as_f64 = lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float64)  # noqa: E731
+    params = jax.tree_util.tree_map(as_f64, params)
+    return fn.check.random_params(jax.random.PRNGKey(seed), params)[0], state
 
 
 def copy(tree):
@@ -67,23 +72,27 @@ def noisy_scale(rate: float = 0.5) -> Layer:
 
 # --- value_and_grad ----------------------------------------------------------------------
 
+# One hidden width (4) for all three: the eager runs below then share their one-op
+# programs (each eager op compiles once per shape).
 PURE_MODELS = {
-    "mlp": lambda: fn.sequential(fn.dense(8), fn.tanh(), fn.dense(3)),
+    "mlp": lambda: fn.sequential(fn.dense(4), fn.tanh(), fn.dense(3)),
     "residual": lambda: fn.sequential(
         fn.dense(4), fn.residual(fn.sequential(fn.dense(4), fn.gelu())), fn.relu(), fn.dense(3)
     ),
     "branches": lambda: fn.sequential(
         fn.fan_out(2),
-        fn.parallel(fn.dense(3), fn.sequential(fn.dense(5), fn.sigmoid(), fn.dense(3))),
+        fn.parallel(fn.dense(3), fn.sequential(fn.dense(4), fn.sigmoid(), fn.dense(3))),
         fn.fan_in_sum(2),
     ),
 }
 
 
 def data(n=6, d=5, classes=3, seed=0):
-    kx, ky, kl = jax.random.split(jax.random.PRNGKey(seed), 3)
-    x = jax.random.normal(kx, (n, d), jnp.float64)
-    return x, jax.random.normal(ky, (n, classes), jnp.float64), jax.random.randint(kl, (n,), 0, 3)
+    """float64 inputs, regression targets and labels, drawn with NumPy (an eager
+    jax.random call compiles a kernel per shape)."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.normal(size=(n, d)), rng.normal(size=(n, classes))
+    return jax.device_put(x), jax.device_put(y), jax.device_put(rng.integers(0, 3, size=n))
 
 
 @pytest.mark.parametrize("loss_name", ["mse", "ce"])
@@ -92,24 +101,28 @@ def test_value_and_grad_matches_jax(model_name, loss_name):
     model = PURE_MODELS[model_name]()
     x, y, labels = data()
     loss, target = (MSE, y) if loss_name == "mse" else (CE, labels)
-    params = f64(model.init(jax.random.PRNGKey(1), x.shape)[0])
+    params, _ = f64_params(model, x.shape)
 
     def objective(params, x, target):
         pred, _ = model.forward(params, x)
         return loss.forward(pred, target)[0]
 
-    value, grads = value_and_grad(model, loss)(params, x, target)
-    ref_value, ref_grads = jax.value_and_grad(objective)(params, x, target)
+    @jax.jit  # ours and the reference in one compiled program
+    def both(params, x, target):
+        ours = value_and_grad(model, loss)(params, x, target)
+        return ours, jax.value_and_grad(objective)(params, x, target)
+
+    jitted, (ref_value, ref_grads) = both(params, x, target)
+    if loss_name == "mse":
+        value, grads = jitted
+    else:  # eager: the numbers checked below, and jit gives the same ones
+        value, grads = value_and_grad(model, loss)(params, x, target)
+        jax.tree_util.tree_map(np.testing.assert_allclose, jitted, (value, grads))
     np.testing.assert_allclose(value, ref_value, rtol=1e-12)
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), grads, ref_grads
     )
-    if loss_name == "mse":
-        return
-    # jit gives the same numbers.
-    jitted = jax.jit(value_and_grad(model, loss))(params, x, target)
-    jax.tree_util.tree_map(np.testing.assert_allclose, jitted, (value, grads))
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
@@ -117,16 +130,20 @@ def test_value_and_grad_wide_matches_jax(train):
     model = fn.sequential(as_wide(fn.dense(4)), noisy_scale(), fn.tanh(), fn.dense(3))
     assert model.wide
     x, y, _ = data()
-    params, state, _ = model.init(jax.random.PRNGKey(1), x.shape)
-    params = f64(params)
+    params, state = f64_params(model, x.shape)
     ctx = Ctx(jax.random.PRNGKey(7), train)
 
     def objective(params, x, target, state, ctx):
         pred, _, new_state = model.forward(params, x, state, ctx)
         return MSE.forward(pred, target)[0], new_state
 
-    (value, new_state), grads = value_and_grad(model, MSE)(params, x, y, state, ctx)
-    (ref_value, ref_state), ref_grads = jax.value_and_grad(objective, has_aux=True)(
+    @jax.jit  # ours and the reference in one compiled program
+    def both(params, x, y, state, ctx):
+        ours = value_and_grad(model, MSE)(params, x, y, state, ctx)
+        ref = jax.value_and_grad(objective, has_aux=True)(params, x, y, state, ctx)
+        return ours, ref
+
+    ((value, new_state), grads), ((ref_value, ref_state), ref_grads) = both(
         params, x, y, state, ctx
     )
     np.testing.assert_allclose(value, ref_value, rtol=1e-12)
@@ -145,19 +162,23 @@ def test_value_and_grad_errors():
         value_and_grad(fn.dense(2), lambda p, t: 0.0)
     per_example = Loss(lambda p, t: ((p - t) ** 2, (p, t)), lambda c, d=1.0: d, "squares")
     model = fn.dense(2)
-    params, _ = model.init(jax.random.PRNGKey(0), (3, 2))
+    params, _, _ = fn.check.init_shapes(model, jax.random.PRNGKey(0), (3, 2))
+    ones = jax.ShapeDtypeStruct((3, 2), jnp.float64)
     with pytest.raises(ValueError, match=r"squares: the loss must be a scalar, got shape \(3, 2\)"):
-        value_and_grad(model, per_example)(params, jnp.ones((3, 2)), jnp.ones((3, 2)))
+        # raised while tracing: jax.eval_shape compiles nothing
+        jax.eval_shape(value_and_grad(model, per_example), params, ones, ones)
 
 
 # --- train_step ----------------------------------------------------------------------------
 
 
 def regression(n=64, d=3, seed=0):
-    kx, kw = jax.random.split(jax.random.PRNGKey(seed))
-    x = jax.random.normal(kx, (n, d), jnp.float32)
-    w = jax.random.normal(kw, (d, 2), jnp.float32)
-    return x, jnp.sin(x @ w)
+    """float32 inputs and smooth targets, NumPy arrays (``fit`` then slices its batches
+    on the host; jax arrays: test_batches_pytrees_and_jax_arrays)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    w = rng.normal(size=(d, 2)).astype(np.float32)
+    return x, np.sin(x @ w)
 
 
 def counting(layer: Layer, traces: list) -> Layer:
@@ -208,9 +229,11 @@ def test_train_step_traces_once_and_donates_without_warnings():
 
 
 def test_train_step_without_donation_or_jit():
-    x, y = regression()
-    model = fn.sequential(fn.dense(4), fn.tanh(), fn.dense(2))
-    params, _ = model.init(jax.random.PRNGKey(1), x.shape)
+    # The model, data and dtype of test_value_and_grad_matches_jax[mlp-*]: the eager
+    # (jit=False) step shares their one-op programs.
+    x, y, _ = data()
+    model = PURE_MODELS["mlp"]()
+    params, _ = f64_params(model, x.shape)
     opt = optim.sgd(0.1)
     kept = train_step(model, MSE, opt, donate=False)
     plain = train_step(model, MSE, opt, jit=False)
@@ -287,8 +310,10 @@ def test_batches_cover_every_example_once():
 
 
 def test_batches_pytrees_and_jax_arrays():
-    x = (jnp.arange(8.0).reshape(4, 2), jnp.arange(4.0))
-    y = jnp.arange(4)
+    # jax arrays (device_put: no compile to build them)
+    x = (jax.device_put(np.arange(8.0).reshape(4, 2)), jax.device_put(np.arange(4.0)))
+    y = jax.device_put(np.arange(4))
+    assert all(isinstance(a, jax.Array) for a in (*x, y))
     out = list(batches(None, x, y, 2, shuffle=False))
     assert len(out) == 2
     (xa, xb), yb = out[1]
@@ -311,10 +336,13 @@ def test_batches_errors_at_once():
 
 
 def test_evaluate_accuracy_and_mean_loss():
-    logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [5.0, 0.0, 1.0]] * 3)
-    labels = jnp.array([0, 1, 0, 2] * 3)  # 2 of every 4 right
+    # NumPy arrays: the batches are sliced on the host (jax arrays would compile a gather
+    # per batch shape; test_batches_pytrees_and_jax_arrays covers them).
+    logits = np.array([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [5.0, 0.0, 1.0]] * 3)
+    labels = np.array([0, 1, 0, 2] * 3)  # 2 of every 4 right
     model = fn.identity()
-    full = float(CE.forward(logits, labels)[0])
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    full = -np.mean(log_p[np.arange(len(labels)), labels])  # the cross entropy of all 12
     for batch_size in (12, 5, 1):
         out = evaluate(model, CE, (), logits, labels, batch_size=batch_size)
         assert out["accuracy"] == pytest.approx(0.5)
@@ -327,7 +355,7 @@ def test_evaluate_accuracy_and_mean_loss():
 def test_evaluate_uses_eval_mode():
     model = fn.sequential(noisy_scale(rate=0.9))
     params, state, _ = model.init(jax.random.PRNGKey(0), (4, 3))
-    x = jnp.ones((4, 3))
+    x = np.ones((4, 3))
     out = evaluate(model, MSE, params, x, x, state)  # no key needed: eval mode, no mask
     assert out["loss"] == 0.0
 
