@@ -17,9 +17,19 @@ CE = fn.losses.softmax_cross_entropy()
 
 
 def regression(n=32, d=3, seed=0):
-    kx, kw = jax.random.split(jax.random.PRNGKey(seed))
-    x = jax.random.normal(kx, (n, d), jnp.float32)
-    return x, jnp.sin(x @ jax.random.normal(kw, (d, 2), jnp.float32))
+    """float32 NumPy data (an eager jax.random call compiles a kernel per shape, and
+    ``fit`` slices NumPy batches on the host)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return x, np.sin(x @ rng.normal(size=(d, 2)).astype(np.float32))
+
+
+def f64_params(model, input_shape, seed=1):
+    """Random float64 params: ``init`` only traced, the values drawn with NumPy."""
+    params, _, _ = fn.check.init_shapes(model, jax.random.PRNGKey(0), input_shape)
+    as_f64 = lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float64)  # noqa: E731
+    params = jax.tree_util.tree_map(as_f64, params)
+    return fn.check.random_params(jax.random.PRNGKey(seed), params)[0]
 
 
 MODELS = {
@@ -144,7 +154,7 @@ def test_dropout_only_models_accept_an_empty_state():
     assert evaluate(model, MSE, result.params, x, y)["loss"] > 0
     # Eval mode: dropout is the identity, so predict equals the model without it.
     pure = fn.sequential(fn.dense(8), fn.tanh(), fn.dense(2))
-    ref, _ = pure.forward((params[0], (), params[3]), x)
+    ref, _ = jax.jit(pure.forward)((params[0], (), params[3]), x)
     np.testing.assert_allclose(predict(model, params, x), ref, rtol=1e-6)
 
 
@@ -189,24 +199,30 @@ def test_step_in_the_wrong_form_says_which_form_and_why():
 
 
 def test_forward_in_the_wrong_form_names_the_wide_child():
+    # Raised while tracing: jax.eval_shape runs init and forward without compiling.
+    def init_layer(model, shape):
+        return jax.eval_shape(lambda k: fn.init_layer(model, k, shape)[:2], jax.random.PRNGKey(0))
+
     model = fn.sequential(fn.dense(4), fn.relu(), fn.dropout(0.5), fn.dense(2))
-    params, state, _ = fn.init_layer(model, jax.random.PRNGKey(0), (3, 5))
-    x = jnp.ones((3, 5))
+    params, state = init_layer(model, (3, 5))
+    x = jax.ShapeDtypeStruct((3, 5), jnp.float64)
     with pytest.raises(
         TypeError,
         match=r"sequential: this model is wide \(sequential\[2\] is dropout, which takes a state "
         r"and a Ctx\): call forward\(params, x, state, ctx\).*fn\.apply_layer.*fn\.predict.*"
         r"fn\.init_layer",
     ):
-        model.forward(params, x)
+        jax.eval_shape(model.forward, params, x)
     g = fn.graph({"h": (fn.dense(3), "input"), "d": (fn.dropout(0.1), "h")}, output="d")
     with pytest.raises(TypeError, match=r"graph: this model is wide \(graph\[1\] is dropout"):
-        g.forward(fn.init_layer(g, jax.random.PRNGKey(0), (3, 5))[0], x)
+        jax.eval_shape(g.forward, init_layer(g, (3, 5))[0], x)
     pure = fn.sequential(fn.dense(2))
-    p, _ = pure.init(jax.random.PRNGKey(0), (3, 5))
+    p, _ = init_layer(pure, (3, 5))
     with pytest.raises(TypeError, match=r"sequential: this model is pure .*got 4 arguments"):
-        pure.forward(p, x, (), fn.Ctx())
-    y, _, _ = model.forward(params, x, state, fn.Ctx(train=False))  # the right form works
+        jax.eval_shape(lambda p, x: pure.forward(p, x, (), fn.Ctx()), p, x)
+    ctx = fn.Ctx(train=False)
+    y, _, _ = jax.eval_shape(lambda p, x, s: model.forward(p, x, s, ctx), params, x, state)
+    # the right form works
     assert y.shape == (3, 2)
 
 
@@ -228,20 +244,26 @@ def test_value_and_grad_in_the_wrong_form():
         r"fn\.as_wide\(model\)",
     ):
         fn.train.value_and_grad(pure, MSE)(params, x, y, (), fn.Ctx())
-    # The suggested lifting gives the wide form for a pure model.
-    (value, _new_state), grads = fn.train.value_and_grad(fn.as_wide(pure), MSE)(
-        params, x, y, ((), (), ()), fn.Ctx()
-    )
-    ref_value, ref_grads = fn.train.value_and_grad(pure, MSE)(params, x, y)
+
+    # The suggested lifting gives the wide form for a pure model (both in one program).
+    @jax.jit
+    def both(params, x, y):
+        lifted = fn.train.value_and_grad(fn.as_wide(pure), MSE)
+        return lifted(params, x, y, ((), (), ()), fn.Ctx()), fn.train.value_and_grad(pure, MSE)(
+            params, x, y
+        )
+
+    ((value, _new_state), grads), (ref_value, ref_grads) = both(params, x, y)
     assert float(value) == float(ref_value)
     jax.tree_util.tree_map(np.testing.assert_array_equal, grads, ref_grads)
 
 
 def test_predict_is_eval_mode_jit_friendly_and_batches():
     model = fn.sequential(fn.dense(6), fn.batchnorm(), fn.dropout(0.5), fn.dense(2))
-    x = jax.random.normal(jax.random.PRNGKey(1), (10, 3))
+    x = np.random.default_rng(1).normal(size=(10, 3))
     params, state, _ = fn.init_layer(model, jax.random.PRNGKey(0), x.shape)
-    ref, _, _ = fn.apply_layer(model, params, x, state, fn.Ctx(train=False))
+    ctx = fn.Ctx(train=False)
+    ref, _, _ = jax.jit(lambda p, x, s: fn.apply_layer(model, p, x, s, ctx))(params, x, state)
     np.testing.assert_allclose(predict(model, params, x, state), ref, rtol=1e-6)
     inside = jax.jit(lambda p, s, x: predict(model, p, x, s) * 2)(params, state, x)
     np.testing.assert_allclose(inside, 2 * ref, rtol=1e-6)
@@ -275,37 +297,42 @@ def two_heads():
 
 
 def heads_data(n=24, seed=0):
-    kx, kl = jax.random.split(jax.random.PRNGKey(seed))
-    x = jax.random.normal(kx, (n, 4), jnp.float32)
-    labels = jax.random.randint(kl, (n,), 0, 3)
-    return x, (jnp.stack([x[:, 0], x[:, 1] * x[:, 2]], axis=1), labels)
+    """float32 inputs, (regression targets, labels): NumPy arrays."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 4)).astype(np.float32)
+    labels = rng.integers(0, 3, size=n)
+    return x, (np.stack([x[:, 0], x[:, 1] * x[:, 2]], axis=1), labels)
 
 
 def test_multi_loss_gradients_match_jax():
     model = two_heads()
     x, (y_reg, labels) = heads_data()
-    x, y_reg = x.astype(jnp.float64), y_reg.astype(jnp.float64)
-    params, _ = model.init(jax.random.PRNGKey(1), x.shape)
-    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params)
+    x, y_reg = x.astype(np.float64), y_reg.astype(np.float64)
+    params = f64_params(model, x.shape)
     loss = fn.losses.multi((MSE, 1.0), (CE, 0.25))
     assert loss.name == "multi(mse, softmax_cross_entropy)"
 
-    def objective(params):
+    def objective(params, x, y_reg, labels):
         reg, cls = model.forward(params, x)[0]
         return MSE.forward(reg, y_reg)[0] + 0.25 * CE.forward(cls, labels)[0]
 
-    value, grads = fn.train.value_and_grad(model, loss)(params, x, (y_reg, labels))
-    ref_value, ref_grads = jax.value_and_grad(objective)(params)
+    @jax.jit  # ours, the reference and the list form in one compiled program
+    def run(params, x, y_reg, labels):
+        ours = fn.train.value_and_grad(model, loss)(params, x, (y_reg, labels))
+        ref = jax.value_and_grad(objective)(params, x, y_reg, labels)
+        # dloss scales every term; lists work like tuples.
+        preds = model.forward(params, x)[0]
+        _, cache = loss.forward(list(preds), [y_reg, labels])
+        ce_alone = CE.backward(CE.forward(preds[1], labels)[1])
+        return ours, ref, loss.backward(cache, 3.0), ce_alone
+
+    (value, grads), (ref_value, ref_grads), d, ce_alone = run(params, x, y_reg, labels)
     np.testing.assert_allclose(value, ref_value, rtol=1e-12)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), grads, ref_grads
     )
-    # dloss scales every term; lists work like tuples.
-    preds = model.forward(params, x)[0]
-    _, cache = loss.forward(list(preds), [y_reg, labels])
-    d = loss.backward(cache, 3.0)
     assert isinstance(d, list)
-    np.testing.assert_allclose(d[1], 3.0 * 0.25 * CE.backward(CE.forward(preds[1], labels)[1]))
+    np.testing.assert_allclose(d[1], 3.0 * 0.25 * ce_alone)
 
 
 def test_multi_loss_none_term_trains_nothing_through_its_output():
@@ -313,8 +340,14 @@ def test_multi_loss_none_term_trains_nothing_through_its_output():
     x, (y_reg, _labels) = heads_data()
     params, _ = model.init(jax.random.PRNGKey(1), x.shape)
     loss = fn.losses.multi(MSE, None)
-    value, grads = fn.train.value_and_grad(model, loss)(params, x, (y_reg, None))
-    assert float(value) == float(MSE.forward(model.forward(params, x)[0][0], y_reg)[0])
+
+    @jax.jit  # ours and the MSE of the first output alone, in one program
+    def run(params, x, y_reg):
+        ours = fn.train.value_and_grad(model, loss)(params, x, (y_reg, None))
+        return ours, MSE.forward(model.forward(params, x)[0][0], y_reg)[0]
+
+    (value, grads), alone = run(params, x, y_reg)
+    assert float(value) == float(alone)
     assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree_util.tree_leaves(grads["cls"]))
     assert float(jnp.abs(grads["reg"]["w"]).max()) > 0
 
