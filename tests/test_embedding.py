@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 
 import funcnn as fn
-from funcnn.check import check_grads
+from funcnn.check import check_grads, init_shapes, random_params
 from funcnn.layers.embedding import embedding
 
 
-def table(vocab, features, dtype=np.float32):
-    """A random table as init would shape it, drawn by NumPy: an eager init compiles its
-    random-number kernel for every new table shape (``test_forward_is_a_row_lookup`` and
-    the registry cover init itself)."""
-    rng = np.random.default_rng(vocab * 100 + features)
-    return {"table": rng.standard_normal((vocab, features)).astype(dtype)}
+def random_table(layer):
+    """Random params of the shapes and dtypes init makes (``funcnn.check.init_shapes`` and
+    ``random_params``: traced and drawn by NumPy, nothing compiled; an eager init compiles
+    its random-number kernel for every new table shape). ``test_forward_is_a_row_lookup``
+    and the registry cover init itself."""
+    shapes, _, _ = init_shapes(layer, jax.random.PRNGKey(0), (3,))
+    return random_params(jax.random.PRNGKey(1), shapes)[0]
 
 
 @pytest.mark.parametrize("shape", [(5,), (3, 4), (2, 3, 4)], ids=str)
@@ -35,7 +36,7 @@ def test_forward_is_a_row_lookup(shape):
 def test_backward_scatter_adds_and_repeated_ids_accumulate(shape):
     vocab, features = 4, 3
     layer = embedding(vocab, features)
-    params = table(vocab, features)
+    params = random_table(layer)
     ids = np.random.default_rng(1).integers(0, vocab, shape)  # many repeats
     dy = np.random.default_rng(2).standard_normal((*shape, features))
     _, cache = layer.forward(params, ids)
@@ -49,7 +50,7 @@ def test_backward_scatter_adds_and_repeated_ids_accumulate(shape):
 
 def test_repeated_id_gets_the_sum_of_its_cotangents():
     layer = embedding(3, 2)
-    params = table(3, 2)
+    params = random_table(layer)
     _, cache = layer.forward(params, jnp.array([2, 0, 2, 2]))
     dy = jnp.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]])
     _, grads = layer.backward(params, cache, dy)
@@ -58,7 +59,7 @@ def test_repeated_id_gets_the_sum_of_its_cotangents():
 
 def test_check_grads_accepts_integer_ids_and_requires_dx_none():
     layer = embedding(5, 3)
-    params = table(5, 3)
+    params = random_table(layer)
     ids = jnp.array([[0, 1, 1], [4, 4, 4], [2, 0, 3], [1, 1, 0]])
     report = check_grads(layer, params, ids)
     assert report.ok
@@ -79,7 +80,7 @@ def test_integer_input_gives_dx_none_through_a_combinator():
 @pytest.mark.parametrize("dtype", [jnp.int8, jnp.int32, jnp.int64, jnp.uint8, jnp.uint32])
 def test_any_integer_dtype_works(dtype):
     layer = embedding(200, 2)
-    params = table(200, 2)
+    params = random_table(layer)
     ids = jnp.array([0, 7, 120], dtype)
     y, cache = layer.forward(params, ids)
     np.testing.assert_array_equal(y, params["table"][np.array([0, 7, 120])])
@@ -89,7 +90,7 @@ def test_any_integer_dtype_works(dtype):
 
 def test_jit_forward_and_backward():
     layer = embedding(8, 3)
-    params = table(8, 3)
+    params = random_table(layer)
     ids = jnp.array([[1, 2, 3, 1], [7, 7, 0, 5]])
     y, cache = layer.forward(params, ids)
     y_j, cache_j = jax.jit(layer.forward)(params, ids)
@@ -104,7 +105,7 @@ def test_jit_forward_and_backward():
 @pytest.mark.parametrize("bad", [-1, 8, 100])
 def test_out_of_range_ids_raise_eagerly(bad):
     layer = embedding(8, 3)
-    params = table(8, 3)
+    params = random_table(layer)
     with pytest.raises(
         ValueError,
         match=rf"embedding: ids must lie in \[0, 8\) \(vocab=8\), got ids in \[{min(bad, 0)}, ",
@@ -115,7 +116,7 @@ def test_out_of_range_ids_raise_eagerly(bad):
 def test_out_of_range_ids_under_jit_give_nan_rows_and_no_gradient():
     """Under jit values cannot be checked: a bad id reads NaN (not a clamped or wrapped row)."""
     layer = embedding(4, 2)
-    params = table(4, 2)
+    params = random_table(layer)
     ids = jnp.array([-1, 1, 4])
     y, cache = jax.jit(layer.forward)(params, ids)
     assert bool(jnp.all(jnp.isnan(y[0]))) and bool(jnp.all(jnp.isnan(y[2])))
@@ -127,7 +128,7 @@ def test_out_of_range_ids_under_jit_give_nan_rows_and_no_gradient():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bool_])
 def test_non_integer_ids_raise_type_error(dtype):
     layer = embedding(5, 2)
-    params = table(5, 2)
+    params = random_table(layer)
     name = jnp.dtype(dtype).name
     with pytest.raises(
         TypeError, match=rf"embedding: ids must be an integer array, got dtype {name}"
