@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import funcnn as fn
+from funcnn.check import init_shapes, random_params
 
 N, T, F, H = 2, 4, 3, 5
 KINDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
@@ -34,12 +35,11 @@ def _normal(seed, shape, scale=1.0):
 
 
 def _noisy_params(layer, input_shape, seed=0):
-    """float64 params at random values (biases included), of the shapes init makes (traced,
-    not compiled), each drawn with a standard deviation of 0.5."""
-    shapes = jax.eval_shape(lambda k: layer.init(k, input_shape)[0], jax.random.PRNGKey(seed))
-    leaves, treedef = jax.tree_util.tree_flatten(shapes)
-    noisy = [_normal(seed + 1 + i, a.shape, 0.5) for i, a in enumerate(leaves)]
-    return treedef.unflatten([jax.device_put(a) for a in noisy])
+    """float64 params at random values (biases included): ``funcnn.check.random_params``
+    of init's shapes (traced, not compiled; drawn by NumPy)."""
+    shapes, _, _ = init_shapes(layer, jax.random.PRNGKey(seed), input_shape)
+    shapes = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float64), shapes)
+    return random_params(jax.random.PRNGKey(seed + 1), shapes)[0]
 
 
 def _carry(kind, seed, n=N):
