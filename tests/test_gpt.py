@@ -6,7 +6,7 @@ fixed batch:
 * float64: logits, loss and every parameter gradient within 1e-11 (relative to the
   largest entry of each leaf);
 * float32: our error against the float64 result is within 2x of jax.grad's own float32
-  error for the logits, the loss and the whole gradient, and within 4x leaf by leaf;
+  error for the logits, the loss and the whole gradient, and within 8x leaf by leaf;
 * 10 AdamW steps in float32 give the losses of the plain model's run (jax.grad's
   gradients, the AdamW update in NumPy float32) within 1e-5;
 * saving the train state after 3 steps, loading it and resuming gives losses equal bit
@@ -213,13 +213,14 @@ def test_float32_error_within_twice_jax_grads(float64_results):
     for name in ("logits", "loss"):
         mine, theirs = errors[name]
         assert mine <= 2 * max(theirs, ULP32), (name, mine, theirs)
-    # Leaf by leaf, the ratio of two float32 rounding errors is itself noise: over random
-    # params ours/jax.grad's has a median near 1 and a worst leaf of 2-3x (either way),
-    # as two autodiff runs summing in different orders would. Each leaf must be within
-    # 4x of jax.grad's error, which still fails a backward that loses precision (a
-    # cancellation of large terms costs orders of magnitude, not a factor of 2).
+    # Leaf by leaf, the ratio of two float32 rounding errors is itself noise: over eight
+    # random-param seeds ours/jax.grad's has a median of 0.7-1.5 and a worst leaf of
+    # 1.5-4.5x, a different leaf each time (4.5x at this seed on one CPU, under 4x on
+    # another: XLA's float32 code differs by instruction set). Each leaf must be within 8x
+    # of jax.grad's error, which still fails a backward that loses precision (a
+    # cancellation of large terms costs orders of magnitude, not a small factor).
     for name, (mine, theirs) in errors.items():
-        assert mine <= 4 * max(theirs, ULP32), (name, mine, theirs)
+        assert mine <= 8 * max(theirs, ULP32), (name, mine, theirs)
 
 
 # --- training ---------------------------------------------------------------------------
