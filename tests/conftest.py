@@ -12,14 +12,51 @@
 * ``pytest -m "not slow"`` is the quick subset for the edit-test loop (see
   tests/README.md): tests marked ``slow``, and the contract tests of every registry case
   but the first one of each public factory, are left out.
+* XLA compiles the tests' programs with LLVM's optimizations off and its classic loop
+  emitters (``_FAST_COMPILE``), which halves the suite's time: almost all of it is
+  compiling small programs that then run for microseconds. ``FUNCNN_TEST_XLA_DEFAULTS=1``
+  runs the suite with XLA's default compiler settings instead (tests/README.md).
 """
 
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
-import jax
-import pytest
+# XLA reads XLA_FLAGS once, when jax creates its first backend, and aborts the process on a
+# flag it does not know (a jax older or newer than the one these were measured with).
+_FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+
+
+def _fast_compile_flags() -> None:
+    """Add ``_FAST_COMPILE`` to ``XLA_FLAGS`` if this jax accepts them, once per run.
+
+    Runs in pytest's main process before any backend exists; xdist's workers and the
+    tests' own subprocesses inherit the environment, so they compile the same way. A flag
+    the caller already set is left as it is. A child interpreter tries the flags first,
+    since an unknown one would abort the whole run.
+    """
+    if os.environ.get("FUNCNN_TEST_XLA_DEFAULTS") == "1" or "FUNCNN_TEST_XLA_FLAGS" in os.environ:
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    extra = [f for f in _FAST_COMPILE if f.split("=")[0] not in flags]
+    candidate = " ".join([flags, *extra]).strip()
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax; jax.devices()"],
+        env={**os.environ, "XLA_FLAGS": candidate},
+        capture_output=True,
+        timeout=300,
+    )
+    if probe.returncode == 0:
+        os.environ["XLA_FLAGS"] = candidate
+    os.environ["FUNCNN_TEST_XLA_FLAGS"] = candidate if probe.returncode == 0 else "defaults"
+
+
+_fast_compile_flags()
+
+import jax  # noqa: E402  (after XLA_FLAGS is final)
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -41,6 +78,14 @@ if os.environ.get("FUNCNN_JAX_CACHE", "1") != "0":
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     jax.config.update("jax_compilation_cache_max_size", -1)  # no cap: see the docstring
     _prune_cache(_CACHE)
+
+
+def pytest_report_header(config):
+    """Say in the run's header which compiler settings the tests ran under."""
+    how = os.environ.get("FUNCNN_TEST_XLA_FLAGS", "defaults")
+    if how == "defaults":
+        return "XLA: default compiler settings"
+    return f"XLA_FLAGS: {how} (FUNCNN_TEST_XLA_DEFAULTS=1 for XLA's defaults)"
 
 
 @pytest.fixture

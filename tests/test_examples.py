@@ -9,10 +9,10 @@ once instead of six times. The float32 scripts run first: ``seeds_both_ways.py``
 ``stateful_vs_pure.py`` turn on float64 when imported, as they do when run alone.
 Each script's checks are a subtest, so a failure names its script.
 
-The interpreter runs with XLA's backend optimization off (``XLA_FLAGS``, unless the caller
-sets that level): almost all of the time here is compiling small programs, which then
-compile about twice as fast; what the scripts print is the same (the checks below hold
-with the same margins), and running the programs takes a small part of the time either way.
+The interpreter inherits the suite's ``XLA_FLAGS`` (tests/conftest.py: LLVM's
+optimizations off), so the examples compile about twice as fast; what the scripts print is
+the same (the checks below hold with the same margins), and running the programs takes a
+small part of the time either way.
 """
 
 import json
@@ -54,10 +54,7 @@ def _run_all(runs, tmp_path):
     error string per name."""
     report = tmp_path / "report.json"
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    xla_flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_backend_optimization_level" not in xla_flags:
-        xla_flags += " --xla_backend_optimization_level=0"  # compiles ~2x faster
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": pythonpath, "XLA_FLAGS": xla_flags}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": pythonpath}
     result = subprocess.run(
         [sys.executable, "-c", _DRIVER, str(EXAMPLES), json.dumps(runs), str(report)],
         cwd=tmp_path,
