@@ -19,12 +19,7 @@ from funcnn.layers.attention import (
     scaled_dot_product_attention,
 )
 from funcnn.layers.embedding import embedding, unembedding
-
-
-def _normal(seed, shape):
-    """float64 normal noise drawn with NumPy (an eager jax.random call compiles a kernel
-    per shape), put on the device without a compile."""
-    return jax.device_put(np.random.default_rng(seed).normal(size=shape))
+from tests.noise import device_normal
 
 
 def _params(layer, input_shape, seed=0):
@@ -66,7 +61,7 @@ MASK = np.array([[True, False, True, True, False, True, True], [False] * 7])
     ids=["causal_mask", "cross_mask", "causal_cross_longer_queries"],
 )
 def test_sdpa_forward_is_softmax_attention_in_both_modes(causal, masked, tq):
-    q, k, v = _normal(0, (2, 3, tq, 4)), _normal(1, (2, 3, 7, 4)), _normal(2, (2, 3, 7, 5))
+    q, k, v = (device_normal(i, (2, 3, t, d)) for i, t, d in ((0, tq, 4), (1, 7, 4), (2, 7, 5)))
     x = (q, k, v, MASK) if masked else (q, k, v)
     allowed = _allowed(2, tq, 7, causal, MASK if masked else None)
     expected = _plain_attention(*map(np.asarray, (q, k, v)), allowed)
@@ -92,7 +87,7 @@ def test_saved_and_recompute_give_the_same_numbers(form):
     """Both modes agree to 1e-10 in float64 (output, dx, every param gradient), with
     block sizes that do not divide the lengths (4: two blocks of the 7 queries and of the
     5 keys, the last one short; 128: one block)."""
-    x_q, x_kv = _normal(0, (2, 7, 4)), _normal(1, (2, 5, 6))
+    x_q, x_kv = device_normal(0, (2, 7, 4)), device_normal(1, (2, 5, 6))
     mask_kv = np.array([[True, False, True, True, True], [False] * 5])
     mask_self = np.array([[False, True, True, False, True, True, True], [True] * 7])
     x = {
@@ -104,7 +99,7 @@ def test_saved_and_recompute_give_the_same_numbers(form):
     causal = form != "cross"
     saved = multi_head_attention(2, causal=causal)
     params, out_shape = _params(saved, jax.tree_util.tree_map(np.shape, x))
-    dy = _normal(3, out_shape)
+    dy = device_normal(3, out_shape)
     recompute = [
         multi_head_attention(2, causal=causal, memory="recompute", block_size=block)
         for block in (4, 128)
@@ -126,12 +121,12 @@ def test_rows_with_nothing_to_attend_give_zeros_not_nan(memory):
     # rule its query 0 has nothing left to attend to.
     layer = multi_head_attention(2, causal=True, memory=memory, block_size=2)
     mask = np.array([[False, True, True, True, True], [False] * 5])
-    x = _normal(0, (2, 5, 4))
+    x = device_normal(0, (2, 5, 4))
     params, out_shape = _params(layer, ((2, 5, 4), (2, 5)), 1)
-    dy = _normal(2, out_shape)
+    dy = device_normal(2, out_shape)
     core = scaled_dot_product_attention(True, memory=memory, block_size=2)
-    q, k, v = _normal(3, (2, 2, 5, 3)), _normal(4, (2, 2, 5, 3)), _normal(5, (2, 2, 5, 3))
-    do = _normal(6, (2, 2, 5, 3))
+    q, k, v = (device_normal(seed, (2, 2, 5, 3)) for seed in (3, 4, 5))
+    do = device_normal(6, (2, 2, 5, 3))
 
     @jax.jit  # the layer and the core alone, in one compiled program
     def run(params, x, mask, dy, q, k, v, do):
@@ -196,9 +191,9 @@ def test_matches_torch_multihead_attention():
     n, t, d, heads = 2, 5, 6, 3
     layer = multi_head_attention(heads, causal=True)
     params, out_shape = _params(layer, ((n, t, d), (n, t)), 7)
-    x = _normal(8, (n, t, d))
+    x = device_normal(8, (n, t, d))
     mask = np.array([[True, True, False, True, True], [True, False, True, True, False]])
-    dy = _normal(9, out_shape)
+    dy = device_normal(9, out_shape)
     y, ((dx, _), grads) = jax.jit(lambda p, x, dy: _grads(layer, p, x, dy))(params, (x, mask), dy)
 
     mha = torch.nn.MultiheadAttention(d, heads, batch_first=True, dtype=torch.float64)
@@ -252,7 +247,7 @@ def test_init_shapes_and_defaults():
 def test_positional_embedding_adds_rows_by_position():
     layer = positional_embedding(5)
     params, _ = _params(layer, (2, 3, 4))
-    x, dy = _normal(0, (2, 3, 4)), _normal(1, (2, 3, 4))
+    x, dy = device_normal(0, (2, 3, 4)), device_normal(1, (2, 3, 4))
     y, (dx, grads) = jax.jit(lambda p, x, dy: _grads(layer, p, x, dy))(params, x, dy)
     table = np.asarray(params["table"])
     np.testing.assert_array_equal(y, np.asarray(x) + table[None, :3])
@@ -268,7 +263,7 @@ def test_tied_gradient_is_the_sum_of_both_uses_as_jax_grad():
     model = fn.tied(fn.sequential(fn.dense(4), fn.tanh(), fn.dense(4)), ((0,), (2,)))
     params, _ = _params(model, (3, 4))  # float64, and a bias that is not zero
     assert params[2] == Tied((0,)) and set(params[0]) == {"w", "b"}
-    x, dy = _normal(1, (3, 4)), _normal(2, (3, 4))
+    x, dy = device_normal(1, (3, 4)), device_normal(2, (3, 4))
 
     def plain(p, x):  # one dense layer's params used twice
         return jnp.tanh(x @ p["w"] + p["b"][None]) @ p["w"] + p["b"][None]
@@ -324,7 +319,7 @@ def test_tied_inside_a_wide_model():
     init = jax.eval_shape(lambda k: fn.init_layer(model, k, (4, 3))[:2], jax.random.PRNGKey(0))
     params, state = init
     assert state == ((), (), ()) and params[2]["w"] == Tied((0, "w"))
-    fn.check.check_grads(model, params, _normal(0, (4, 3)), state=state, fd_directions=1)
+    fn.check.check_grads(model, params, device_normal(0, (4, 3)), state=state, fd_directions=1)
 
 
 def test_tied_errors():

@@ -24,6 +24,7 @@ import pytest
 
 import funcnn as fn
 from funcnn.check import check_layer, init_shapes, random_params
+from tests.noise import device_normal
 from tests.registry import all_cases
 
 CASES = all_cases()
@@ -48,13 +49,10 @@ def _x_for(case, seed, dtype):
     ``jax.random`` would compile a kernel for every new shape)."""
     if case.make_x is not None:
         return case.make_x(jax.random.PRNGKey(seed))
-    rng = np.random.default_rng(seed)
-
-    def normal(shape):
-        return jax.device_put(rng.standard_normal(shape).astype(dtype))
-
-    shapes = case.input_shape
-    return normal(shapes) if fn.core.is_shape(shapes) else tuple(normal(s) for s in shapes)
+    rng, shapes = np.random.default_rng(seed), case.input_shape
+    if fn.core.is_shape(shapes):
+        return device_normal(rng, shapes, dtype)
+    return tuple(device_normal(rng, s, dtype) for s in shapes)
 
 
 @pytest.mark.parametrize("case", PARAMS)

@@ -27,6 +27,7 @@ from funcnn.layers.conv_geometry import PaddedConv
 from funcnn.reference import conv as np_conv
 from funcnn.reference import conv_transpose as np_conv_transpose
 from funcnn.reference import conv_transpose_as_conv_kernel as flip_transpose
+from tests.noise import device_normal
 
 # --- helpers -----------------------------------------------------------------------------
 
@@ -34,10 +35,6 @@ from funcnn.reference import conv_transpose_as_conv_kernel as flip_transpose
 # Random data comes from NumPy and shapes from jax.eval_shape: eager jax.random and eager
 # layer calls compile every operation for every new shape, which is most of what a conv
 # test would otherwise cost (see tests/README.md).
-
-
-def _normal(rng, shape):
-    return jax.device_put(rng.standard_normal(shape))
 
 
 def run_layer(layer, params, x, dy_seed=7):
@@ -48,7 +45,7 @@ def run_layer(layer, params, x, dy_seed=7):
         return layer.forward(params, x)
 
     y, cache = forward(params, x)
-    dy = _normal(np.random.default_rng(dy_seed), y.shape)
+    dy = device_normal(np.random.default_rng(dy_seed), y.shape)
     dx, dparams = jax.jit(layer.backward)(params, cache, dy)
     return y, dy, dx, dparams
 
@@ -68,8 +65,8 @@ def random_params(layer, input_shape, seed=0):
     """Standard-normal float64 params of init's shapes, a random input, init's output shape."""
     shapes, out_shape = init_shapes(layer, input_shape)
     rng = np.random.default_rng(seed)
-    params = jax.tree_util.tree_map(lambda p: _normal(rng, p.shape), shapes)
-    return params, _normal(rng, input_shape), out_shape
+    params = jax.tree_util.tree_map(lambda p: device_normal(rng, p.shape), shapes)
+    return params, device_normal(rng, input_shape), out_shape
 
 
 def forward_shape(layer, input_shape):
@@ -323,7 +320,7 @@ def test_conv_transpose2d_is_the_adjoint_of_conv2d(
         features, kernel, stride, padding, output_padding, dilation, groups, use_bias=False
     )
     params, x, out_shape = random_params(t, (2, *size, channels))
-    z = _normal(np.random.default_rng(5), out_shape)
+    z = device_normal(np.random.default_rng(5), out_shape)
     pad = (padding, padding) if isinstance(padding, int) else padding
     c = conv2d(channels, kernel, stride, tuple(pad), dilation, groups, use_bias=False)
     w_conv = jnp.asarray(flip_transpose(params["w"], groups))

@@ -15,6 +15,7 @@ import pytest
 from funcnn.check import check_grads
 from funcnn.core import Ctx, Static
 from funcnn.layers.normalization import batchnorm, layernorm
+from tests.noise import normal
 
 TRAIN, EVAL = Ctx(train=True), Ctx(train=False)
 
@@ -43,12 +44,6 @@ def ref_layernorm(x, scale, offset, axes, eps):
     var = x.var(axis=axes, keepdims=True)
     shape = [x.shape[i] if i in axes else 1 for i in range(x.ndim)]
     return (x - mu) / np.sqrt(var + eps) * scale.reshape(shape) + offset.reshape(shape)
-
-
-def _normal(seed, shape, dtype=np.float64):
-    """Standard-normal host data drawn by NumPy: eager jax.random, and eager arithmetic on
-    the result, would compile a program for every new shape."""
-    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
 
 
 def _random_bn(seed, c, dtype=np.float64):
@@ -86,7 +81,7 @@ def test_batchnorm_train_matches_pytorch_formula(shape, momentum):
     eps = 1e-3
     layer = batchnorm(momentum=momentum, eps=eps)
     params, state = _random_bn(1, shape[-1])
-    x = 3.0 + 2.0 * _normal(2, shape)
+    x = 3.0 + 2.0 * normal(2, shape)
     y, cache, new_state = layer.forward(params, x, state, TRAIN)
     ref = ref_batchnorm_train(
         *map(np.asarray, (x, params["scale"], params["offset"], state["mean"], state["var"])),
@@ -103,7 +98,7 @@ def test_batchnorm_running_statistics_over_several_steps():
     """Repeated train steps on one batch converge to its mean and unbiased variance."""
     layer = batchnorm(momentum=0.5)
     params, state, _ = layer.init(jax.random.PRNGKey(0), (10, 2))
-    x = _normal(1, (10, 2)) * 3 + 1
+    x = normal(1, (10, 2)) * 3 + 1
     mean_r, var_r = np.zeros(2), np.ones(2)
     for _ in range(30):
         _, _, state = layer.forward(params, x, state, TRAIN)
@@ -118,7 +113,7 @@ def test_batchnorm_running_statistics_over_several_steps():
 def test_batchnorm_momentum_extremes(momentum):
     layer = batchnorm(momentum=momentum)
     params, state = _random_bn(0, 3)
-    x = _normal(1, (7, 3))
+    x = normal(1, (7, 3))
     _, _, new_state = layer.forward(params, x, state, TRAIN)
     if momentum == 0.0:
         np.testing.assert_array_equal(new_state["mean"], state["mean"])
@@ -132,7 +127,7 @@ def test_batchnorm_momentum_extremes(momentum):
 def test_batchnorm_eval_uses_stored_statistics_and_keeps_them(shape):
     layer = batchnorm(eps=1e-4)
     params, state = _random_bn(3, shape[-1])
-    x = _normal(4, shape)
+    x = normal(4, shape)
     y, cache, new_state = layer.forward(params, x, state, EVAL)
     assert new_state is state
     assert cache["mode"] == Static("eval")
@@ -152,8 +147,8 @@ def test_batchnorm_train_and_eval_backward_closed_forms():
     (Orthogonality is exact only as eps -> 0: sum(dx * xhat) carries a factor eps / (var + eps).)
     """
     params, state = _random_bn(5, 4)
-    x = _normal(6, (3, 5, 4))
-    dy = _normal(7, x.shape)
+    x = normal(6, (3, 5, 4))
+    dy = normal(7, x.shape)
 
     _, cache, _ = batchnorm(eps=1e-14).forward(params, x, state, TRAIN)
     dx, _ = batchnorm(eps=1e-14).backward(params, cache, dy)
@@ -179,7 +174,7 @@ def test_batchnorm_train_and_eval_backward_closed_forms():
 def test_batchnorm_grads_with_nontrivial_params_and_state(train):
     layer = batchnorm(momentum=0.2, eps=1e-3)
     params, state = _random_bn(8, 3)
-    x = _normal(9, (2, 4, 3, 3))
+    x = normal(9, (2, 4, 3, 3))
     report = check_grads(layer, params, x, state=state, ctx=Ctx(train=train))
     assert report.ok
 
@@ -195,7 +190,7 @@ def test_batchnorm_cache_is_xhat_and_inv_std():
 def test_batchnorm_jit_matches_eager_and_cache_survives_jit():
     layer = batchnorm()
     params, state = _random_bn(0, 2)
-    x = _normal(1, (5, 2))
+    x = normal(1, (5, 2))
     for ctx in (TRAIN, EVAL):
         y, cache, s = layer.forward(params, x, state, ctx)
         y_j, cache_j, s_j = jax.jit(layer.forward)(params, x, state, ctx)
@@ -211,7 +206,7 @@ def test_batchnorm_dtypes():
     """float32 params and state with float64 input: float64 y and dx, float32 grads and state."""
     layer = batchnorm()
     params, state, _ = layer.init(jax.random.PRNGKey(0), (6, 3))
-    x = _normal(1, (6, 3))
+    x = normal(1, (6, 3))
     y, cache, new_state = layer.forward(params, x, state, TRAIN)
     dx, grads = layer.backward(params, cache, jnp.ones_like(y))
     assert y.dtype == dx.dtype == jnp.float64
@@ -350,10 +345,10 @@ def test_layernorm_matches_reference(axis, shape):
     layer = layernorm(eps=1e-3, axis=axis)
     params, _ = layer.init(jax.random.PRNGKey(0), shape)
     params = {
-        "scale": 1 + _normal(1, params["scale"].shape),
-        "offset": _normal(2, params["offset"].shape),
+        "scale": 1 + normal(1, params["scale"].shape),
+        "offset": normal(2, params["offset"].shape),
     }
-    x = 5 + 2 * _normal(3, shape)
+    x = 5 + 2 * normal(3, shape)
     y, (xhat, inv_std) = layer.forward(params, x)
     axes = tuple(sorted(a % len(shape) for a in ((axis,) if isinstance(axis, int) else axis)))
     ref = ref_layernorm(
@@ -393,7 +388,7 @@ def test_layernorm_matches_torch_layernorm():
 def test_layernorm_examples_are_independent_and_dtypes_follow_the_rules():
     layer = layernorm()
     params, _ = layer.init(jax.random.PRNGKey(0), (4, 3))
-    x = _normal(1, (4, 3))
+    x = normal(1, (4, 3))
     y, cache = layer.forward(params, x)
     y0, _ = layer.forward(params, x[:1])
     np.testing.assert_allclose(y0, y[:1], rtol=1e-12)

@@ -10,6 +10,7 @@ from jax import lax
 
 from funcnn import reference
 from funcnn.layers.pooling import avg_pool2d, global_avg_pool, max_pool2d
+from tests.noise import device_normal
 
 # --- references --------------------------------------------------------------------------
 
@@ -54,11 +55,6 @@ def run(layer, x, dy=None, ref=None):
     return (y, dx, *refs)
 
 
-def _random(shape, seed=0):
-    """Standard-normal float64 data from NumPy (eager jax.random compiles per shape)."""
-    return jax.device_put(np.random.default_rng(seed).standard_normal(shape))
-
-
 def _out_shape(fn, x):
     return jax.eval_shape(fn, x).shape
 
@@ -83,13 +79,13 @@ def configs(draw):
 @given(configs())
 def test_max_pool2d_matches_reduce_window(config):
     shape, window, stride, pads = config
-    x = _random(shape)
+    x = device_normal(0, shape)
     layer = max_pool2d(window, stride, pads)
 
     def ref(x):
         return ref_max(x, window, stride, pads)
 
-    dy = _random(_out_shape(ref, x), seed=1)
+    dy = device_normal(1, _out_shape(ref, x))
     y, dx, y_ref, dx_ref = run(layer, x, dy, ref)
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=0)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
@@ -99,13 +95,13 @@ def test_max_pool2d_matches_reduce_window(config):
 @given(configs(), st.booleans())
 def test_avg_pool2d_matches_reduce_window(config, count_include_pad):
     shape, window, stride, pads = config
-    x = _random(shape)
+    x = device_normal(0, shape)
     layer = avg_pool2d(window, stride, pads, count_include_pad=count_include_pad)
 
     def ref(x):
         return ref_avg(x, window, stride, pads, count_include_pad)
 
-    dy = _random(_out_shape(ref, x), seed=1)
+    dy = device_normal(1, _out_shape(ref, x))
     y, dx, y_ref, dx_ref = run(layer, x, dy, ref)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
@@ -114,7 +110,7 @@ def test_avg_pool2d_matches_reduce_window(config, count_include_pad):
 @pytest.mark.parametrize("window, stride", [(2, 2), (3, 2), (3, 1), (2, 3), ((3, 2), (2, 1))])
 @pytest.mark.parametrize("make", [max_pool2d, avg_pool2d], ids=["max", "avg"])
 def test_same_padding_matches_reduce_window(make, window, stride):
-    x = _random((2, 7, 6, 3))
+    x = device_normal(0, (2, 7, 6, 3))
     w = window if isinstance(window, tuple) else (window, window)
     s = stride if isinstance(stride, tuple) else (stride, stride)
 
@@ -132,7 +128,7 @@ def test_same_padding_matches_reduce_window(make, window, stride):
 
 
 def test_padding_spellings_agree():
-    x = _random((1, 6, 6, 2))
+    x = device_normal(0, (1, 6, 6, 2))
     explicit = max_pool2d(3, 2, ((1, 1), (1, 1))).forward((), x)[0]
     for padding in (1, (1, 1), [[1, 1], [1, 1]]):
         np.testing.assert_array_equal(max_pool2d(3, 2, padding).forward((), x)[0], explicit)
@@ -157,7 +153,7 @@ def test_max_pool2d_ties_go_to_the_first_maximum_in_row_major_order(window, stri
     layer = max_pool2d(window, stride, pads)
     # Few distinct values, so most windows hold several maxima.
     x = jax.device_put(np.random.default_rng(0).integers(0, 3, (2, 7, 8, 3)).astype(np.float64))
-    dy = _random(_out_shape(lambda x: layer.forward((), x)[0], x), seed=1)
+    dy = device_normal(1, _out_shape(lambda x: layer.forward((), x)[0], x))
     y, dx, y_ref, _ = run(layer, x, dy, lambda x: ref_max(x, window, stride, pads))
     np.testing.assert_allclose(y, y_ref)
     _, dx_np = reference.max_pool2d(x, window, stride, pads, dy=np.asarray(dy))
@@ -174,7 +170,7 @@ def test_max_pool2d_constant_input_routes_each_window_to_its_top_left():
 
 
 def test_max_pool2d_large_window_uses_a_wider_index():
-    x = _random((1, 17, 18, 2))
+    x = device_normal(0, (1, 17, 18, 2))
     layer = max_pool2d(17, stride=1)  # 289 offsets do not fit a uint8
 
     @jax.jit
@@ -182,7 +178,7 @@ def test_max_pool2d_large_window_uses_a_wider_index():
         _, cache = layer.forward((), x)
         return cache[0], layer.backward((), cache, dy)[0]
 
-    dy = _random((1, 1, 2, 2), seed=1)
+    dy = device_normal(1, (1, 1, 2, 2))
     arg, dx = run(x, dy)
     assert arg.dtype == jnp.int32
     _, expected = reference.max_pool2d(x, (17, 17), (1, 1), ((0, 0), (0, 0)), dy=np.asarray(dy))
@@ -203,7 +199,7 @@ def _read(size, window, stride, out):
 @pytest.mark.parametrize("window, stride", [(2, 2), (3, 2), ((2, 3), (3, 2))])
 @pytest.mark.parametrize("make", [max_pool2d, avg_pool2d])
 def test_unread_rows_and_columns_get_zero_gradient(make, window, stride):
-    x = _random((2, 8, 9, 2))
+    x = device_normal(0, (2, 8, 9, 2))
     layer = make(window, stride)
     y, dx = run(layer, x)
     dx = np.asarray(dx)  # NumPy indexing: eager JAX indexing compiles a gather per shape
@@ -218,7 +214,7 @@ def test_unread_rows_and_columns_get_zero_gradient(make, window, stride):
 
 
 def test_nondividing_input_gradient_is_zero_past_the_last_window():
-    x = _random((1, 5, 7, 1))
+    x = device_normal(0, (1, 5, 7, 1))
     layer = max_pool2d(2)
     y, dx = run(layer, x)
     assert y.shape == (1, 2, 3, 1)
@@ -242,7 +238,7 @@ def test_nondividing_input_gradient_is_zero_past_the_last_window():
     ],
 )
 def test_max_pool2d_caches_only_the_packed_offset_of_each_maximum(layer, bits):
-    x = _random((2, 9, 9, 3)).astype(jnp.float32)
+    x = device_normal(0, (2, 9, 9, 3), np.float32)
     y, cache = jax.jit(layer.forward)((), x)
     (leaf,) = jax.tree_util.tree_leaves(cache)
     assert leaf.dtype == jnp.uint8 and leaf.size == -(-y.size * bits // 8)
@@ -250,7 +246,7 @@ def test_max_pool2d_caches_only_the_packed_offset_of_each_maximum(layer, bits):
 
 def test_max_pool2d_windows_over_256_entries_cache_int32_offsets():
     layer = max_pool2d(17)
-    x = _random((2, 17, 17, 3)).astype(jnp.float32)
+    x = device_normal(0, (2, 17, 17, 3), np.float32)
     y, cache = jax.jit(layer.forward)((), x)
     (leaf,) = jax.tree_util.tree_leaves(cache)
     assert leaf.dtype == jnp.int32 and leaf.shape == y.shape
@@ -264,17 +260,17 @@ def test_max_pool2d_windows_over_256_entries_cache_int32_offsets():
 
 
 def test_avg_pools_cache_no_arrays():
-    x = _random((2, 8, 8, 3))
+    x = device_normal(0, (2, 8, 8, 3))
     for layer in (avg_pool2d(3, 2, 1, count_include_pad=False), global_avg_pool()):
         assert jax.tree_util.tree_leaves(layer.forward((), x)[1]) == []
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 4), (2, 3, 4, 5), (2, 2, 3, 2, 3)])
 def test_global_avg_pool_means_over_space(shape):
-    x = _random(shape)
+    x = device_normal(0, shape)
     layer = global_avg_pool()
     assert layer.init(None, shape) == ((), (shape[0], shape[-1]))
-    dy = _random((shape[0], shape[-1]), seed=1)
+    dy = device_normal(1, (shape[0], shape[-1]))
     y, dx = run(layer, x, dy)
     np.testing.assert_allclose(
         y, np.asarray(x).reshape(shape[0], -1, shape[-1]).mean(1), rtol=1e-12
@@ -304,9 +300,9 @@ def _torch_pool(fn, x, dy, **kwargs):
 )
 def test_avg_pool2d_matches_pytorch(window, stride, padding, count_include_pad):
     torch = pytest.importorskip("torch")
-    x = _random((2, 7, 6, 3))
+    x = device_normal(0, (2, 7, 6, 3))
     layer = avg_pool2d(window, stride, padding, count_include_pad=count_include_pad)
-    dy = _random(_out_shape(lambda x: layer.forward((), x)[0], x), seed=1)
+    dy = device_normal(1, _out_shape(lambda x: layer.forward((), x)[0], x))
     y, dx = run(layer, x, dy)
     y_t, dx_t = _torch_pool(
         torch.nn.functional.avg_pool2d,
@@ -327,11 +323,11 @@ def test_avg_pool2d_matches_pytorch(window, stride, padding, count_include_pad):
 )
 def test_max_pool2d_matches_pytorch(window, stride, padding, ties):
     torch = pytest.importorskip("torch")
-    x = _random((2, 7, 6, 3))
+    x = device_normal(0, (2, 7, 6, 3))
     if ties:  # PyTorch's CPU kernel also takes the first maximum in row-major order
         x = jax.device_put(np.round(np.asarray(x)))
     layer = max_pool2d(window, stride, padding)
-    dy = _random(_out_shape(lambda x: layer.forward((), x)[0], x), seed=1)
+    dy = device_normal(1, _out_shape(lambda x: layer.forward((), x)[0], x))
     y, dx = run(layer, x, dy)
     y_t, dx_t = _torch_pool(
         torch.nn.functional.max_pool2d, x, dy, kernel_size=window, stride=stride, padding=padding

@@ -12,6 +12,7 @@ import pytest
 
 import funcnn as fn
 from funcnn.check import init_shapes, random_params
+from tests.noise import normal
 
 N, T, F, H = 2, 4, 3, 5
 KINDS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
@@ -29,11 +30,6 @@ def _has_c(kind):
     return kind == "lstm"
 
 
-def _normal(seed, shape, scale=1.0):
-    """float64 host data drawn by NumPy: eager jax.random compiles for every new shape."""
-    return scale * np.random.default_rng(seed).standard_normal(shape)
-
-
 def _noisy_params(layer, input_shape, seed=0):
     """float64 params at random values (biases included): ``funcnn.check.random_params``
     of init's shapes (traced, not compiled; drawn by NumPy)."""
@@ -44,8 +40,8 @@ def _noisy_params(layer, input_shape, seed=0):
 
 def _carry(kind, seed, n=N):
     if _has_c(kind):
-        return _normal(seed, (n, H)), _normal(seed + 1, (n, H))
-    return _normal(seed, (n, H))
+        return normal(seed, (n, H)), normal(seed + 1, (n, H))
+    return normal(seed, (n, H))
 
 
 def _carry_shape(kind, n=N):
@@ -103,8 +99,8 @@ def test_matches_torch_outputs_and_every_gradient(kind):
     torch = pytest.importorskip("torch")
     layer = _factory(kind)(H, initial_carry=True, return_carry=True, dtype=jnp.float64)
     params = _noisy_params(layer, ((N, T, F), _carry_shape(kind)))
-    x, carry0 = _normal(10, (N, T, F)), _carry(kind, 11)
-    dy, dcarry = _normal(20, (N, T, H)), _carry(kind, 21)
+    x, carry0 = normal(10, (N, T, F)), _carry(kind, 11)
+    dy, dcarry = normal(20, (N, T, H)), _carry(kind, 21)
 
     (y, carry), cache = layer.forward(params, (x, carry0))
     (dx, dcarry0), grads = layer.backward(params, cache, (dy, dcarry))
@@ -146,9 +142,9 @@ def test_bidirectional_with_padding_matches_torch_packed_sequences(kind):
     mask = jnp.arange(T)[None, :] < jnp.array(lengths)[:, None]
     layer = fn.bidirectional(_factory(kind)(H, return_carry=True, dtype=jnp.float64))
     params = _noisy_params(layer, ((n, T, F), (n, T)))
-    x = _normal(30, (n, T, F))
-    dy = _normal(31, (n, T, 2 * H))
-    dh = (_normal(32, (n, H)), _normal(33, (n, H)))
+    x = normal(30, (n, T, F))
+    dy = normal(31, (n, T, 2 * H))
+    dh = (normal(32, (n, H)), normal(33, (n, H)))
 
     (y, carries), cache = layer.forward(params, (x, mask))
     dcarries = tuple((d, jnp.zeros((n, H))) if _has_c(kind) else d for d in dh)
@@ -182,8 +178,8 @@ def test_cells_unrolled_by_hand_equal_the_sequence_layer(kind):
     seq = _factory(kind)(H, initial_carry=True, return_carry=True, dtype=jnp.float64)
     cell = _factory(kind, cell=True)(H, dtype=jnp.float64)
     params = _noisy_params(seq, ((N, T, F), _carry_shape(kind)))
-    x, carry0 = _normal(40, (N, T, F)), _carry(kind, 41)
-    dy, dcarry = _normal(42, (N, T, H)), _carry(kind, 43)
+    x, carry0 = normal(40, (N, T, F)), _carry(kind, 41)
+    dy, dcarry = normal(42, (N, T, H)), _carry(kind, 43)
 
     (y, carry), cache = seq.forward(params, (x, carry0))
     (dx, dcarry0), grads = seq.backward(params, cache, (dy, dcarry))
@@ -216,9 +212,9 @@ def test_mask_skips_steps_exactly_like_the_compacted_sequence(kind):
     n = 3
     layer = _factory(kind)(H, initial_carry=True, return_carry=True, dtype=jnp.float64)
     params = _noisy_params(layer, ((n, T, F), (n, T), _carry_shape(kind, n)))
-    x, carry0 = _normal(50, (n, T, F)), _carry(kind, 51, n)
+    x, carry0 = normal(50, (n, T, F)), _carry(kind, 51, n)
     x[~np.asarray(mask)] = np.nan  # padding is never read
-    dy, dcarry = _normal(52, (n, T, H)), _carry(kind, 53, n)
+    dy, dcarry = normal(52, (n, T, H)), _carry(kind, 53, n)
 
     (y, carry), cache = layer.forward(params, (x, mask, carry0))
     (dx, dmask, dcarry0), grads = layer.backward(params, cache, (dy, dcarry))
@@ -261,7 +257,7 @@ def test_reverse_equals_the_flipped_sequence_with_mask():
     fwd = fn.gru(H, dtype=jnp.float64)
     rev = fn.gru(H, reverse=True, dtype=jnp.float64)
     params = _noisy_params(fwd, ((N, T, F), (N, T)))
-    x, dy = _normal(60, (N, T, F)), _normal(61, (N, T, H))
+    x, dy = normal(60, (N, T, F)), normal(61, (N, T, H))
     y, cache = rev.forward(params, (x, mask))
     (dx, _), grads = rev.backward(params, cache, dy)
     y_f, cache_f = fwd.forward(params, (x[:, ::-1], mask[:, ::-1]))
@@ -274,7 +270,7 @@ def test_reverse_equals_the_flipped_sequence_with_mask():
 def test_last_step_output_is_the_final_carry():
     # return_sequences=False gives the carry's h after the last step processed: for
     # reverse=True that is the state at position 0 (PyTorch's reverse-direction h_n).
-    x = _normal(62, (N, T, F))
+    x = normal(62, (N, T, F))
     for reverse, position in ((False, -1), (True, 0)):
         seq = fn.lstm(H, reverse=reverse, dtype=jnp.float64)
         last = fn.lstm(H, reverse=reverse, return_sequences=False, dtype=jnp.float64)
@@ -287,8 +283,8 @@ def test_truncated_bptt_over_chunks_equals_one_pass():
     # The chunks run with two steps per loop iteration: unrolling changes no number.
     chunked = fn.lstm(H, initial_carry=True, return_carry=True, unroll=2, dtype=jnp.float64)
     params = _noisy_params(layer, ((N, T, F), _carry_shape("lstm")))
-    x, carry0 = _normal(70, (N, T, F)), _carry("lstm", 71)
-    dy, dcarry = _normal(72, (N, T, H)), _carry("lstm", 73)
+    x, carry0 = normal(70, (N, T, F)), _carry("lstm", 71)
+    dy, dcarry = normal(72, (N, T, H)), _carry("lstm", 73)
     (y, carry), cache = layer.forward(params, (x, carry0))
     (dx, dcarry0), grads = layer.backward(params, cache, (dy, dcarry))
 
@@ -308,7 +304,7 @@ def test_truncated_bptt_over_chunks_equals_one_pass():
 
 
 def test_bidirectional_runs_a_reversed_copy_and_merges():
-    x = _normal(80, (N, T, F))
+    x = normal(80, (N, T, F))
     both = fn.bidirectional(fn.gru(H, dtype=jnp.float64))
     params = _noisy_params(both, (N, T, F))
     assert not np.allclose(params[0]["w_x"], params[1]["w_x"])  # two sets of params

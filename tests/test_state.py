@@ -9,14 +9,9 @@ import funcnn as fn
 from funcnn.core import Ctx
 from funcnn.layers.dropout import dropout
 from funcnn.layers.normalization import batchnorm
+from tests.noise import device_normal
 
 BN = {"mean", "var"}
-
-
-def _normal(seed, shape):
-    """float64 normal noise drawn with NumPy (an eager jax.random call compiles a kernel
-    per shape), put on the device without a compile."""
-    return jax.device_put(np.random.default_rng(seed).normal(size=shape))
 
 
 def _nested():
@@ -79,7 +74,7 @@ def test_nested_state_structure_mirrors_params():
 def test_running_stats_update_in_train_and_stay_fixed_in_eval():
     model = _nested()
     params, state, _ = model.init(jax.random.PRNGKey(0), (8, 3))
-    x = 2.0 + _normal(1, (8, 3))
+    x = 2.0 + device_normal(1, (8, 3))
 
     y, cache, new_state = model.forward(params, x, state, Ctx(jax.random.PRNGKey(2), True))
     _assert_mirrors(params, new_state)
@@ -102,7 +97,7 @@ def test_running_stats_update_in_train_and_stay_fixed_in_eval():
 def test_children_get_different_keys_derived_with_fold_in():
     model = _nested()
     params, state, _ = model.init(jax.random.PRNGKey(0), (6, 3))
-    x = _normal(1, (6, 3))
+    x = device_normal(1, (6, 3))
     key = jax.random.PRNGKey(7)
     _, cache, _ = model.forward(params, x, state, Ctx(key, True))
     mask = cache[1][1]
@@ -137,7 +132,7 @@ def test_graph_threads_state_by_node_name():
     params, state, _ = model.init(jax.random.PRNGKey(0), (5, 3))
     assert model.wide
     assert state["h"] == () and set(state["bn"]) == BN and state["drop"] == ()
-    x = _normal(1, (5, 3))
+    x = device_normal(1, (5, 3))
     _, _, new_state = model.forward(params, x, state, Ctx(jax.random.PRNGKey(2), True))
     assert not np.allclose(new_state["bn"]["mean"], state["bn"]["mean"])
 
@@ -152,7 +147,7 @@ def _mlp():
 
 
 def _data():
-    x = np.asarray(_normal(10, (32, 3))) * 2 + 1
+    x = np.asarray(device_normal(10, (32, 3))) * 2 + 1
     y = np.sin(x[:, :1]) + 0.5 * x[:, 1:2]
     return jax.device_put(x), jax.device_put(y)
 
