@@ -33,14 +33,14 @@ def _fast_compile_flags() -> None:
     """Add ``_FAST_COMPILE`` to ``XLA_FLAGS`` if this jax accepts them, once per run.
 
     Runs in pytest's main process before any backend exists; xdist's workers and the
-    tests' own subprocesses inherit the environment, so they compile the same way. A flag
-    the caller already set is left as it is. A child interpreter tries the flags first,
-    since an unknown one would abort the whole run.
+    tests' own subprocesses inherit the environment, so they compile the same way (and
+    find nothing left to add). A flag the caller already set is left as it is. A child
+    interpreter tries the flags first, since an unknown one would abort the whole run.
     """
-    if os.environ.get("FUNCNN_TEST_XLA_DEFAULTS") == "1" or "FUNCNN_TEST_XLA_FLAGS" in os.environ:
-        return
     flags = os.environ.get("XLA_FLAGS", "")
     extra = [f for f in _FAST_COMPILE if f.split("=")[0] not in flags]
+    if os.environ.get("FUNCNN_TEST_XLA_DEFAULTS") == "1" or not extra:
+        return
     candidate = " ".join([flags, *extra]).strip()
     probe = subprocess.run(
         [sys.executable, "-c", "import jax; jax.devices()"],
@@ -50,7 +50,6 @@ def _fast_compile_flags() -> None:
     )
     if probe.returncode == 0:
         os.environ["XLA_FLAGS"] = candidate
-    os.environ["FUNCNN_TEST_XLA_FLAGS"] = candidate if probe.returncode == 0 else "defaults"
 
 
 _fast_compile_flags()
@@ -82,10 +81,10 @@ if os.environ.get("FUNCNN_JAX_CACHE", "1") != "0":
 
 def pytest_report_header(config):
     """Say in the run's header which compiler settings the tests ran under."""
-    how = os.environ.get("FUNCNN_TEST_XLA_FLAGS", "defaults")
-    if how == "defaults":
+    flags = os.environ.get("XLA_FLAGS", "").strip()
+    if not flags:
         return "XLA: default compiler settings"
-    return f"XLA_FLAGS: {how} (FUNCNN_TEST_XLA_DEFAULTS=1 for XLA's defaults)"
+    return f"XLA_FLAGS: {flags} (FUNCNN_TEST_XLA_DEFAULTS=1 for XLA's defaults)"
 
 
 @pytest.fixture
